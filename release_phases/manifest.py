@@ -1,0 +1,183 @@
+"""`packages/<service>/manifest.yaml`: what a deployable service declares.
+
+The loader distrusts what it reads: every key is checked for presence and type,
+and an error names the file and the dotted key, so nothing runs on a half-valid
+manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from release_phases.errors import ConfigError
+
+COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    tag: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.tag}"
+
+
+@dataclass(frozen=True)
+class Health:
+    endpoint: str
+    expected_code: int = 200
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class Backup:
+    volumes: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.volumes and not self.paths
+
+
+@dataclass(frozen=True)
+class Manifest:
+    service: str
+    package_dir: Path
+    image: Image
+    health: Health
+    containers: tuple[str, ...]
+    compose_file: Path
+    backup: Backup = field(default_factory=Backup)
+    e2e_enabled: bool = False
+    source: str = ""
+
+
+class _Reader:
+    """Typed access to a YAML mapping that reports `file: key` on any mistake."""
+
+    def __init__(self, source: str, data: Any) -> None:
+        self.source = source
+        if not isinstance(data, dict):
+            raise self.error("", f"must be a mapping, got {type(data).__name__}")
+        self.data = data
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        where = f"{self.source}: {key}" if key else self.source
+        return ConfigError(
+            f"invalid manifest {where} {problem}",
+            next_command=f"fix {self.source} and commit the fix, then rerun the release",
+        )
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, within=None):
+        node = self.data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+            if not isinstance(node, dict):
+                raise self.error(key.rsplit(".", 1)[0], "must be a mapping")
+        if parts[-1] not in node:
+            if default is ...:
+                raise self.error(key, "is required")
+            return default
+        value = node[parts[-1]]
+        # bool is an int in Python; a manifest saying `timeout: true` is a mistake.
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+            names = " or ".join(k.__name__ for k in _as_tuple(kind))
+            raise self.error(key, f"must be {names}, got {type(value).__name__} {value!r}")
+        return value
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        value = self.get(key, list, [])
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise self.error(f"{key}[{i}]", f"must be a non-empty string, got {item!r}")
+        return tuple(value)
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def parse(
+    text: str,
+    *,
+    service: str,
+    package_dir: Path,
+    source: str,
+    exists: Callable[[str], bool] | None = None,
+) -> Manifest:
+    """Validate manifest text; ``package_dir`` is where relative paths resolve.
+
+    ``exists(name)`` says whether a file of the package exists; by default the
+    worktree is asked, while the collection-time plan asks the incoming commit.
+    """
+    if exists is None:
+
+        def exists(name: str) -> bool:
+            return (package_dir / name).is_file()
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"invalid manifest {source}: not valid YAML: {exc}",
+            next_command=f"fix {source} and commit the fix, then rerun the release",
+        ) from None
+    r = _Reader(source, data)
+    image_name = r.get("image.name", str)
+    image_tag = r.get("image.tag", (str, int, float))
+    if not image_name.strip():
+        raise r.error("image.name", "must not be empty")
+    endpoint = r.get("health.endpoint", str)
+    if not endpoint.startswith(("http://", "https://")):
+        raise r.error("health.endpoint", f"must be an http(s) URL, got {endpoint!r}")
+    expected = r.get("health.expected_code", int, 200)
+    if not 100 <= expected <= 599:
+        raise r.error("health.expected_code", f"must be an HTTP status, got {expected}")
+    timeout = r.get("health.timeout", (int, float), 120)
+    if timeout <= 0:
+        raise r.error("health.timeout", f"must be positive, got {timeout}")
+    containers = r.str_list("containers") or (service,)
+    compose_name = r.get("compose_file", str, None)
+    if compose_name is not None:
+        compose_file = package_dir / compose_name
+        if not exists(compose_name):
+            raise r.error("compose_file", f"names {compose_name}, which does not exist")
+    else:
+        found = [package_dir / n for n in COMPOSE_NAMES if exists(n)]
+        if not found:
+            raise r.error(
+                "compose_file",
+                f"is not set and {package_dir} has none of {', '.join(COMPOSE_NAMES)}",
+            )
+        compose_file = found[0]
+    return Manifest(
+        service=service,
+        package_dir=package_dir,
+        image=Image(image_name, str(image_tag)),
+        health=Health(endpoint=endpoint, expected_code=expected, timeout=float(timeout)),
+        containers=containers,
+        compose_file=compose_file,
+        backup=Backup(volumes=r.str_list("backup.volumes"), paths=r.str_list("backup.paths")),
+        e2e_enabled=r.get("e2e.enabled", bool, False),
+        source=source,
+    )
+
+
+def load(repo: Path, service: str) -> Manifest:
+    """Load `packages/<service>/manifest.yaml` from the deploy repo's worktree."""
+    package_dir = repo / "packages" / service
+    path = package_dir / "manifest.yaml"
+    source = f"packages/{service}/manifest.yaml"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read manifest {source}: {exc.strerror}") from None
+    return parse(text, service=service, package_dir=package_dir, source=source)

@@ -1,0 +1,1 @@
+"""The pytest plugin (wired in a later step)."""

@@ -1,0 +1,104 @@
+"""Fixtures for the engine's own tests: real Docker, real git.
+
+Docker tests fail (never skip) under CI=true when the engine is unreachable.
+Everything the tests create carries a label with this run's id, and cleanup
+removes by that exact label or by exact compose project name, nothing broader.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from selftests.support.deployrepo import DeployRepo, Service, free_port
+from selftests.support.images import LABEL, ImageSpec, build
+
+RUN_ID = uuid.uuid4().hex[:8]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _docker_or_fail() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+        return client
+    except Exception as exc:  # any failure to reach the engine means the same thing here
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Docker Engine unreachable under CI=true: {exc}", pytrace=False)
+        pytest.skip(f"Docker Engine unreachable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    client = _docker_or_fail()
+    yield client
+    _cleanup(client)
+
+
+def _cleanup(client: docker.DockerClient) -> None:
+    label = f"{LABEL}={RUN_ID}"
+    for c in client.containers.list(all=True, filters={"label": label}):
+        c.remove(force=True, v=True)
+    for c in client.containers.list(all=True, filters={"label": "com.docker.compose.project"}):
+        if c.labels.get("com.docker.compose.project", "").startswith(f"rp{RUN_ID}-"):
+            c.remove(force=True, v=True)
+    for v in client.volumes.list(filters={"label": label}):
+        v.remove(force=True)
+    for n in client.networks.list(filters={"label": "com.docker.compose.project"}):
+        if n.attrs["Labels"].get("com.docker.compose.project", "").startswith(f"rp{RUN_ID}-"):
+            n.remove()
+    for img in client.images.list(filters={"label": label}):
+        for ref in img.tags:
+            client.images.remove(ref, force=True)
+
+
+class Images:
+    """Session images: rp<run>/<name>:<tag>, built on first use."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+        self.built: dict[str, str] = {}
+
+    def repository(self, name: str) -> str:
+        return f"rp{RUN_ID}/{name}"
+
+    def get(self, name: str, tag: str, health: str = "ok") -> str:
+        spec = ImageSpec(self.repository(name), tag, health)
+        if spec.ref not in self.built:
+            self.built[spec.ref] = build(self.client, spec, RUN_ID)
+        return spec.ref
+
+
+@pytest.fixture(scope="session")
+def images(docker_client: docker.DockerClient) -> Images:
+    return Images(docker_client)
+
+
+@pytest.fixture
+def deploy(tmp_path: Path) -> DeployRepo:
+    """A deploy repo with origin, dev and (not yet cloned) prod."""
+    return DeployRepo(tmp_path, RUN_ID)
+
+
+@pytest.fixture
+def make_service(images: Images, request: pytest.FixtureRequest):
+    """Build `Service` records whose compose project is unique to this test."""
+    test_id = uuid.uuid4().hex[:6]
+
+    def make(name: str, tag: str = "1", health: str = "ok", **kw) -> Service:
+        images.get(name, tag, health)
+        return Service(
+            name=name,
+            project=f"rp{RUN_ID}-{test_id}-{name}",
+            port=free_port(),
+            repository=images.repository(name),
+            tag=tag,
+            **kw,
+        )
+
+    return make

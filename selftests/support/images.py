@@ -1,0 +1,99 @@
+"""Local test images: a static busybox serving /health with `busybox httpd`.
+
+There is no registry here, so every image is made with `docker import` from a
+tar built in memory. Images carry LABEL so cleanup can find exactly what the
+selftests made and nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from dataclasses import dataclass
+
+import docker
+
+LABEL = "io.release-phases.selftest"
+BUSYBOX_CANDIDATES = ("/usr/bin/busybox", "/bin/busybox")
+HTTP_PORT = 8080
+
+CGI_500 = (
+    "#!/bin/sh\n"
+    'printf "HTTP/1.0 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\n'
+    'broken\\n"\n'
+)
+
+
+def busybox_path() -> str:
+    for path in BUSYBOX_CANDIDATES:
+        found = shutil.which(path)
+        if found:
+            with open(found, "rb") as fh:
+                head = fh.read(4096)
+            # A dynamically linked busybox would not run in an empty image.
+            if b"ld-linux" not in head:
+                return found
+    raise RuntimeError("a static busybox is needed: apt-get install busybox-static")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What the image's /health does: 'ok' (200), 'error' (500) or 'silent' (no server)."""
+
+    repository: str
+    tag: str
+    health: str = "ok"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _dir(tar: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    tar.addfile(info)
+
+
+def rootfs(spec: ImageSpec) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in ("bin", "tmp", "data", "www", "www/cgi-bin"):
+            _dir(tar, d)
+        with open(busybox_path(), "rb") as fh:
+            _add(tar, "bin/busybox", fh.read(), 0o755)
+        for applet in ("sh", "cat", "echo", "sleep", "ls", "tar", "rm", "mkdir"):
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
+        _add(tar, "www/version", f"{spec.tag}\n".encode())
+        if spec.health == "ok":
+            _add(tar, "www/health", f"ok {spec.repository}:{spec.tag}\n".encode())
+        elif spec.health == "error":
+            _add(tar, "www/cgi-bin/health", CGI_500.encode(), 0o755)
+    return buf.getvalue()
+
+
+def build(client: docker.DockerClient, spec: ImageSpec, run_label: str) -> str:
+    """Import the image and return its id."""
+    if spec.health == "silent":
+        cmd = '["/bin/busybox","sleep","100000"]'
+    else:
+        cmd = f'["/bin/busybox","httpd","-f","-p","{HTTP_PORT}","-h","/www"]'
+    client.api.import_image_from_data(
+        rootfs(spec),
+        repository=spec.repository,
+        tag=spec.tag,
+        changes=[f"CMD {cmd}", f"LABEL {LABEL}={run_label}"],
+    )
+    return client.images.get(spec.ref).id

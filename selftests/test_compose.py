@@ -1,0 +1,341 @@
+"""Compose: detection by version, commands as data, and the real thing on a real engine."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import httpx
+import pytest
+
+from release_phases import compose
+from release_phases.compose import Compose
+from release_phases.errors import ConfigError, ReleaseError
+from release_phases.health import wait_healthy
+from release_phases.shell import CommandFailed, Runner, render
+
+V2 = Compose(prefix=("/usr/bin/docker", "compose"), version="2.40.3")
+FILE = Path("/srv/deploy/packages/web/compose.yaml")
+BASE = ["/usr/bin/docker", "compose", "-p", "web", "-f", str(FILE)]
+V1_BINARY = "/usr/bin/docker-compose"
+
+
+# -- commands as data ----------------------------------------------------------------------
+
+
+def test_up_recreates_exactly_the_named_containers() -> None:
+    argv = compose.up(V2, "web", FILE, ("web", "worker"), stop_timeout=10)
+    assert argv == [
+        *BASE,
+        *("up", "-d", "--no-deps", "--force-recreate", "--timeout", "10", "web", "worker"),
+    ]
+
+
+def test_stop_start_ps_logs_and_config_are_scoped_to_the_project() -> None:
+    assert compose.stop(V2, "web", FILE, ["web"], 3) == [*BASE, "stop", "--timeout", "3", "web"]
+    assert compose.start(V2, "web", FILE, ["web"]) == [*BASE, "start", "web"]
+    assert compose.ps(V2, "web", FILE) == [*BASE, "ps", "--all", "--format", "json"]
+    assert compose.ps(V2, "web", FILE, ["web"])[-1] == "web"
+    assert compose.logs(V2, "web", FILE, ["web"]) == [
+        *(*BASE, "logs", "--no-color", "--tail", "200", "web"),
+    ]
+    assert compose.logs(V2, "web", FILE, ["web"], tail=5)[-2:] == ["5", "web"]
+    assert compose.config_images(V2, "web", FILE, ["web"]) == [
+        *(*BASE, "config", "--format", "json", "web"),
+    ]
+
+
+def test_commands_render_as_an_operator_would_type_them() -> None:
+    spaced = Compose(prefix=("/opt/my tools/docker-compose",), version="2.40.3")
+    argv = compose.start(spaced, "web", Path("/srv/a b/compose.yaml"), ["web"])
+    assert (
+        render(argv) == "'/opt/my tools/docker-compose' -p web -f '/srv/a b/compose.yaml' start web"
+    )
+    assert shlex.split(render(argv)) == argv
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        ("2.40.3\n", (2, 40, 3)),
+        ("Docker Compose version v2.40.3\n", (2, 40, 3)),
+        ("docker-compose version 1.29.2, build unknown\ndocker-py version: 5.0.3\n", (1, 29, 2)),
+        ("v2.5\n", (2, 5)),
+        ("docker: 'compose' is not a docker command.\n", None),
+        ("", None),
+    ],
+)
+def test_parse_version(text: str, version: tuple[int, ...] | None) -> None:
+    assert compose.parse_version(text) == version
+
+
+# Each expectation was checked against `docker compose config` 2.40.
+@pytest.mark.parametrize(
+    ("raw", "normalized"),
+    [
+        ("web", "web"),
+        ("My.App", "myapp"),
+        ("_My Project.2", "myproject2"),
+        ("-9ab", "9ab"),
+        ("Ab--c", "ab--c"),
+        ("_Weird Name!", "weirdname"),
+    ],
+)
+def test_project_names_are_normalised_like_compose(raw: str, normalized: str) -> None:
+    assert compose.normalize_project_name(raw) == normalized
+
+
+def test_project_name_prefers_the_files_name_key(tmp_path: Path) -> None:
+    pkg = tmp_path / "Billing.Service"
+    pkg.mkdir()
+    file = pkg / "compose.yaml"
+    file.write_text("name: Billing_Prod\nservices: {web: {image: x}}\n")
+    assert compose.project_name(file) == "billing_prod"
+    file.write_text("services: {web: {image: x}}\n")
+    assert compose.project_name(file) == "billingservice"
+
+
+def test_project_name_of_a_relative_path_uses_the_real_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "compose.yaml").write_text("services: {}\n")
+    monkeypatch.chdir(tmp_path / "api")
+    assert compose.project_name(Path("compose.yaml")) == "api"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("name: ${PROJECT}\n", "interpolation"),
+        ("name: 42\n", "must be a string"),
+        ("name: '!!!'\n", "no Compose project name"),
+        ("services: [\n", "not valid YAML"),
+    ],
+)
+def test_project_name_refuses_what_it_cannot_resolve(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    file = tmp_path / "compose.yaml"
+    file.write_text(text)
+    with pytest.raises(ConfigError, match=problem):
+        compose.project_name(file)
+
+
+def test_images_in_config_skips_built_services_and_names_unknown_ones() -> None:
+    config = {
+        "services": {
+            "web": {"image": "shop/web:2"},
+            "worker": {"image": "shop/web:2"},
+            "api": {"image": "shop/api:1", "build": {"context": "."}},
+            "db": {"image": "postgres:16"},
+        }
+    }
+    assert compose.images_in_config(config, ["web", "worker", "api"]) == ["shop/web:2"]
+    assert compose.images_in_config(config) == ["shop/web:2", "postgres:16"]
+    with pytest.raises(ValueError, match="no such service: cache"):
+        compose.images_in_config(config, ["web", "cache"])
+
+
+def test_json_document_skips_warnings_before_it() -> None:
+    output = 'WARN[0000] the attribute `version` is obsolete\n{\n  "name": "web"\n}\n'
+    assert compose.json_document(output) == {"name": "web"}
+    with pytest.raises(ValueError):
+        compose.json_document("no such service: web\n")
+
+
+# -- detection, with real processes ----------------------------------------------------------
+
+
+def _script(directory: Path, name: str, body: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def _fake_v1(directory: Path) -> Path:
+    # What Compose v1 does: print its version, ignore flags it does not know, exit 0.
+    return _script(
+        directory,
+        "docker-compose",
+        'echo "docker-compose version 1.29.2, build unknown"\n'
+        'case "$2" in --short) echo 1.29.2 ;; esac\n'
+        "exit 0\n",
+    )
+
+
+def test_candidates_put_real_binaries_before_scripts(tmp_path: Path) -> None:
+    script = _fake_v1(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    elf = tmp_path / "b" / "docker-compose"
+    elf.symlink_to(os.path.realpath("/bin/true"))
+    path = os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert compose.candidates({"PATH": path}) == [(str(elf),), (str(script),)]
+
+
+def test_the_override_is_the_only_candidate(tmp_path: Path) -> None:
+    fake = _fake_v1(tmp_path)
+    env = {"PATH": str(tmp_path), compose.OVERRIDE_ENV: "docker-compose --ansi never"}
+    assert compose.candidates(env) == [(str(fake), "--ansi", "never")]
+
+
+def test_an_override_that_is_not_a_command_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="is not a command"):
+        compose.candidates({"PATH": "", compose.OVERRIDE_ENV: "docker 'compose"})
+
+
+def test_this_host_drives_compose_v2_with_working_exit_codes() -> None:
+    found = compose.detect(Runner())
+    assert compose.parse_version(found.version)[0] >= 2
+    assert compose.is_elf(os.path.realpath(found.prefix[0]))
+    assert not Runner().run(compose.exit_code_probe(found.prefix), check=False).ok
+
+
+def test_detection_is_cached_per_process(tmp_path: Path) -> None:
+    host = compose.detect()
+    env = {"PATH": str(tmp_path), compose.OVERRIDE_ENV: shlex.join(host.prefix)}
+    runner = Runner()
+    first = compose.detect(runner, env)
+    ran = len(runner.history)
+    assert ran >= 2  # the version and the exit-code probe
+    assert compose.detect(runner, env) is first
+    assert len(runner.history) == ran
+
+
+def test_only_compose_v1_is_refused_with_what_to_install(tmp_path: Path) -> None:
+    if not os.path.exists(V1_BINARY):
+        _fake_v1(tmp_path)
+    else:
+        (tmp_path / "docker-compose").symlink_to(V1_BINARY)
+    runner = Runner()
+    with pytest.raises(ReleaseError) as raised:
+        compose.detect(runner, {"PATH": str(tmp_path)})
+    message = str(raised.value)
+    assert "Compose v1 1.29" in message
+    assert "docker compose plugin" in message
+    assert "nothing was changed" in message
+    # v1 was asked its version and nothing else: no v2 flag ever reached it.
+    assert [r.argv[1:] for r in runner.history] == [["version", "--short"]]
+
+
+def test_a_v2_wrapper_that_loses_exit_codes_is_passed_over(tmp_path: Path) -> None:
+    real = shlex.join(compose.detect().prefix)
+    _script(tmp_path / "wrapper", "docker-compose", f'{real} "$@"\nexit 0\n')
+    with pytest.raises(ReleaseError, match="loses exit codes"):
+        compose.detect(Runner(), {"PATH": str(tmp_path / "wrapper")})
+
+
+def test_an_override_pointing_at_v1_is_refused_by_name(tmp_path: Path) -> None:
+    fake = _fake_v1(tmp_path)
+    env = {"PATH": "/nonexistent", compose.OVERRIDE_ENV: str(fake)}
+    with pytest.raises(ReleaseError, match=f"{compose.OVERRIDE_ENV}=.*is not usable.*v1"):
+        compose.detect(Runner(), env)
+
+
+def test_nothing_on_path_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ReleaseError, match="neither `docker compose` nor `docker-compose`"):
+        compose.detect(Runner(), {"PATH": str(tmp_path)})
+
+
+# -- the real thing -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def projects(request: pytest.FixtureRequest):
+    """Register a compose project to be taken down (with its volumes) after the test."""
+
+    def register(found: Compose, project: str, compose_file: Path) -> None:
+        down = [*found.prefix, "-p", project, "-f", str(compose_file), "down", "-v", "-t", "1"]
+        request.addfinalizer(lambda: Runner().run(down, check=False, timeout=120))
+
+    return register
+
+
+def _version(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/version", timeout=5).text.strip()
+
+
+@pytest.mark.docker
+def test_recreate_moves_a_running_service_to_a_new_tag(
+    docker_client, deploy, make_service, projects
+) -> None:
+    svc = make_service("web", tag="1")
+    make_service("web", tag="2")  # build the next image now, as a release would find it
+    deploy.write_service(svc)
+    file = deploy.dev / "packages" / "web" / "compose.yaml"
+    found = compose.detect()
+    project = compose.project_name(file)
+    assert project == svc.project
+    projects(found, project, file)
+    runner = Runner()
+
+    compose.recreate(runner, found, project, file, ["web"], stop_timeout=1)
+    assert wait_healthy(svc.endpoint, 200, timeout=15).ok
+    [before] = compose.containers(docker_client, project, "web")
+    assert before.image.tags == [f"{svc.repository}:1"]
+    assert _version(svc.port) == "1"
+
+    svc.tag = "2"
+    deploy.write_service(svc)
+    assert compose.missing_images(docker_client, found, project, file, ["web"]) == []
+    result = compose.recreate(runner, found, project, file, ["web"], stop_timeout=1)
+    assert result.ok
+    health = wait_healthy(svc.endpoint, 200, timeout=15)
+    assert health.ok, health.summary
+    [after] = compose.containers(docker_client, project, "web")
+    assert after.id != before.id
+    assert after.image.tags == [f"{svc.repository}:2"]
+    assert after.status == "running"
+    assert _version(svc.port) == "2"
+    assert isinstance(compose.container_logs(runner, found, project, file, ["web"]), str)
+
+
+@pytest.mark.docker
+def test_missing_images_names_the_absent_image_before_anything_is_touched(
+    docker_client, deploy, make_service
+) -> None:
+    svc = make_service("api", tag="1")
+    absent = make_service("api", tag="1")
+    absent.tag = "never-built"
+    deploy.write_service(absent)
+    file = deploy.dev / "packages" / "api" / "compose.yaml"
+    found = compose.detect()
+    project = compose.project_name(file)
+
+    assert compose.missing_images(docker_client, found, project, file, ["api"]) == [
+        f"{svc.repository}:never-built"
+    ]
+    assert compose.containers(docker_client, project, "api") == []
+
+    deploy.write_service(svc)
+    assert compose.missing_images(docker_client, found, project, file, ["api"]) == []
+
+
+@pytest.mark.docker
+def test_missing_images_of_an_unknown_service_is_an_error(deploy, make_service) -> None:
+    import docker
+
+    svc = make_service("api", tag="1")
+    deploy.write_service(svc)
+    file = deploy.dev / "packages" / "api" / "compose.yaml"
+    with pytest.raises(CommandFailed, match="no such service: nosuch"):
+        compose.missing_images(docker.from_env(), compose.detect(), svc.project, file, ["nosuch"])
+
+
+@pytest.mark.docker
+def test_a_failing_recreate_names_the_logs_command(
+    docker_client, deploy, make_service, projects
+) -> None:
+    svc = make_service("bad", tag="1")
+    svc.tag = "never-built"
+    deploy.write_service(svc)
+    file = deploy.dev / "packages" / "bad" / "compose.yaml"
+    found = compose.detect()
+    projects(found, svc.project, file)
+    with pytest.raises(CommandFailed) as raised:
+        compose.recreate(Runner(), found, svc.project, file, ["bad"], stop_timeout=1, timeout=120)
+    assert raised.value.result.returncode != 0
+    assert raised.value.next_command == render(compose.logs(found, svc.project, file, ["bad"]))

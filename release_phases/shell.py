@@ -6,14 +6,20 @@ logged and unit-tested without a host; this module executes them.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import os
+import select
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from release_phases.errors import ReleaseError
 
@@ -59,10 +65,15 @@ class CommandFailed(ReleaseError):
 
 @dataclass
 class Runner:
-    """Runs argv lists; ``stream`` echoes output live (to the real terminal)."""
+    """Runs argv lists; ``stream`` echoes output live (to the real terminal).
+
+    ``stream_to`` replaces the real terminal (``sys.__stderr__``) as the place
+    streamed output is copied to.
+    """
 
     echo: bool = False
     history: list[Result] = field(default_factory=list)
+    stream_to: TextIO | None = None
 
     def run(
         self,
@@ -75,9 +86,16 @@ class Runner:
         check: bool = True,
         stdin: str | None = None,
     ) -> Result:
+        """Run ``argv`` with stdout and stderr merged into ``Result.output``.
+
+        On timeout the whole process group is killed and the result says
+        ``timed_out`` (returncode 124). Once the command itself has exited, a
+        background child still holding its output open is not waited for.
+        """
         argv = [str(a) for a in argv]
         full_env = None if env is None else {**os.environ, **env}
         start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
         proc = subprocess.Popen(
             argv,
             cwd=cwd,
@@ -85,31 +103,26 @@ class Runner:
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
             start_new_session=True,
         )
-        chunks: list[str] = []
-        timed_out = False
+        if stdin is not None:
+            _feed(proc, stdin)
+        output = _Output(echo=(self.stream_to or sys.__stderr__) if stream else None)
         try:
-            if stream and stdin is None:
-                out = _stream(proc, chunks, deadline=None if timeout is None else start + timeout)
-                timed_out = out is None
-            else:
-                out, _ = proc.communicate(input=stdin, timeout=timeout)
-                chunks.append(out or "")
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        if timed_out:
-            _kill_group(proc)
-            rest, _ = proc.communicate()
-            chunks.append(rest or "")
+            finished = _collect(proc, output, deadline)
+        finally:
+            if proc.returncode is None:  # timed out, or interrupted (Ctrl-C)
+                _kill_group(proc)
+                _drain(proc, output)
+                proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()
         result = Result(
             argv=argv,
-            returncode=proc.returncode if not timed_out else 124,
-            output="".join(chunks),
+            returncode=proc.returncode if finished else 124,
+            output=output.text(),
             duration=time.monotonic() - start,
-            timed_out=timed_out,
+            timed_out=not finished,
         )
         self.history.append(result)
         if check and not result.ok:
@@ -117,36 +130,103 @@ class Runner:
         return result
 
 
-def _stream(proc: subprocess.Popen[str], chunks: list[str], deadline: float | None) -> str | None:
-    """Copy output to stderr line by line; None when the deadline passed."""
-    import selectors
+# How long to keep reading after the command exited or was killed: output still in
+# flight arrives within it, while a child that kept the pipe open is not waited for.
+_GRACE = 0.5
+_POLL = 0.1
 
+
+class _Output:
+    """Collects raw output bytes as text, copying each chunk to ``echo`` as it comes."""
+
+    def __init__(self, echo: TextIO | None) -> None:
+        self.echo = echo
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.chunks: list[str] = []
+
+    def feed(self, data: bytes, *, final: bool = False) -> None:
+        chunk = self.decoder.decode(data, final=final)
+        if not chunk:
+            return
+        self.chunks.append(chunk)
+        if self.echo is not None:
+            self.echo.write(chunk)
+            self.echo.flush()
+
+    def text(self) -> str:
+        self.feed(b"", final=True)
+        # As text mode would: \r\n and lone \r (progress bars) become line ends.
+        return "".join(self.chunks).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _read(fd: int, timeout: float) -> bytes | None:
+    """What the pipe has within ``timeout``: None if nothing came, b"" at end of file."""
+    poller = select.poll()  # not select.select: it fails on descriptors above 1023
+    poller.register(fd, select.POLLIN)
+    return os.read(fd, 65536) if poller.poll(max(timeout, 0) * 1000) else None
+
+
+def _collect(proc: subprocess.Popen[bytes], output: _Output, deadline: float | None) -> bool:
+    """Read output until the command is done; False when the deadline passed first.
+
+    Takes whatever bytes are there (never waits for a whole line), so a partial
+    line is shown at once and cannot hold the loop past the deadline. Once the
+    command has exited, reading stops when the pipe closes or stays quiet for
+    ``_GRACE`` (a background child may hold it open for ever).
+    """
     assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    fd = proc.stdout.fileno()
+    quiet_since = time.monotonic()
     while True:
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            return None
-        if not sel.select(timeout=remaining):
-            continue
-        line = proc.stdout.readline()
-        if not line:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return proc.poll() is not None
+        if proc.poll() is not None and now - quiet_since >= _GRACE:
+            return True
+        data = _read(fd, _POLL if deadline is None else min(_POLL, deadline - now))
+        if data == b"":
             break
-        chunks.append(line)
-        sys.__stderr__.write(line)
-        sys.__stderr__.flush()
-    proc.wait()
-    return ""
-
-
-def _kill_group(proc: subprocess.Popen[str]) -> None:
-    import signal
-
+        if data is not None:
+            output.feed(data)
+            quiet_since = time.monotonic()
+    # The output is closed; the command may still be running.
     try:
+        proc.wait(timeout=None if deadline is None else max(deadline - time.monotonic(), 0))
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def _drain(proc: subprocess.Popen[bytes], output: _Output) -> None:
+    """After a kill: take the output still in the pipe, for at most ``_GRACE``."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    until = time.monotonic() + _GRACE
+    while (left := until - time.monotonic()) > 0:
+        data = _read(fd, left)
+        if not data:
+            return
+        output.feed(data)
+
+
+def _feed(proc: subprocess.Popen[bytes], text: str) -> None:
+    """Write stdin from a thread, so a command that prints before reading cannot deadlock."""
+    assert proc.stdin is not None
+    pipe = proc.stdin
+
+    def write() -> None:
+        # OSError: the command exited (or was killed) without reading it all.
+        with contextlib.suppress(OSError):
+            pipe.write(text.encode())
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+    threading.Thread(target=write, name=f"stdin-{proc.pid}", daemon=True).start()
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 DEFAULT = Runner()

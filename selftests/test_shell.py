@@ -1,0 +1,124 @@
+"""The Runner, for real: streaming, timeouts and children that outlive their parent."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from release_phases.shell import CommandFailed, Runner, render
+
+
+class Clocked:
+    """A stream sink that remembers when each chunk arrived."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[float, str]] = []
+
+    def write(self, text: str) -> int:
+        self.chunks.append((time.monotonic(), text))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def first(self, text: str) -> float:
+        return next(t for t, chunk in self.chunks if text in chunk)
+
+
+@pytest.fixture
+def pid_file(tmp_path: Path):
+    """Where a test's escaping child writes its pid; that child is killed afterwards."""
+    path = tmp_path / "child.pid"
+    yield path
+    if path.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(path.read_text()), signal.SIGKILL)
+
+
+def escaping_child(pid_file: Path, seconds: int) -> str:
+    """Shell text: a child in its own session (beyond the group kill) holding stdout."""
+    code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+    code += f"time.sleep({seconds})"
+    return f"setsid {sys.executable} -c {render([code])} &"
+
+
+def test_output_streams_while_the_command_runs() -> None:
+    sink = Clocked()
+    start = time.monotonic()
+    result = Runner(stream_to=sink).run(
+        ["bash", "-c", "echo first; sleep 1; echo second >&2"], stream=True
+    )
+    assert sink.first("first") - start < 0.8  # shown before the command ended
+    assert sink.first("second") - start >= 1
+    assert result.output == "first\nsecond\n"
+    assert "".join(chunk for _, chunk in sink.chunks) == result.output
+
+
+def test_a_partial_line_is_streamed_and_cannot_outlast_the_timeout() -> None:
+    sink = Clocked()
+    start = time.monotonic()
+    result = Runner(stream_to=sink).run(
+        ["bash", "-c", "printf 'working...'; sleep 30"], stream=True, timeout=1, check=False
+    )
+    assert 1 <= time.monotonic() - start < 2
+    assert sink.first("working...") - start < 0.8
+    assert result.timed_out and result.returncode == 124 and not result.ok
+    assert result.output == "working..."
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_timeout_returns_even_when_a_child_escaped_with_the_pipe(
+    pid_file: Path, stream: bool
+) -> None:
+    script = f"{escaping_child(pid_file, 30)} echo started; sleep 30"
+    start = time.monotonic()
+    result = Runner(stream_to=Clocked()).run(
+        ["bash", "-c", script], stream=stream, timeout=1, check=False
+    )
+    assert time.monotonic() - start < 3
+    assert result.timed_out
+    assert "started" in result.output
+
+
+def test_a_command_that_exits_is_not_held_by_a_background_child(pid_file: Path) -> None:
+    script = f"{escaping_child(pid_file, 30)} echo done; exit 0"
+    start = time.monotonic()
+    result = Runner().run(["bash", "-c", script], timeout=10)
+    assert time.monotonic() - start < 3
+    assert result.ok and result.output == "done\n"
+
+
+def test_a_command_that_closes_its_output_is_still_timed_out() -> None:
+    start = time.monotonic()
+    result = Runner().run(["bash", "-c", "exec >&- 2>&-; sleep 30"], timeout=1, check=False)
+    assert time.monotonic() - start < 3
+    assert result.timed_out
+
+
+def test_a_failure_raises_with_the_exit_code_and_output() -> None:
+    runner = Runner()
+    with pytest.raises(CommandFailed) as failed:
+        runner.run(["bash", "-c", "echo out; echo err >&2; exit 5"])
+    assert failed.value.rc == 5
+    assert failed.value.result.output == "out\nerr\n"
+    assert "exited 5" in str(failed.value)
+    assert runner.history == [failed.value.result]
+
+
+def test_stdin_is_fed_and_output_kept_without_streaming() -> None:
+    sink = Clocked()
+    big = "x" * 300_000 + "\n"  # more than a pipe holds: no deadlock either way
+    result = Runner(stream_to=sink).run(["cat"], stdin=big)
+    assert result.output == big
+    assert sink.chunks == []
+
+
+def test_output_is_decoded_as_text_mode_would() -> None:
+    result = Runner().run(["printf", "caf\\303\\251\\r\\nbad \\377\\n"])
+    assert result.output == "café\nbad \ufffd\n"

@@ -1,0 +1,353 @@
+"""Backups against a real Docker Engine: take, verify, restore and undo.
+
+A service is brought up with `docker compose`, data is written into its named
+volume and into a path of its container, and the restored bytes are compared with
+what was written. Every compose project started here is taken down with -v.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+from release_phases import backup
+from release_phases.backup import BackupRecord, backups_root, restore, take, verify
+from release_phases.errors import ReleaseError
+from release_phases.manifest import Backup, Health, Image, Manifest, load
+from selftests.support.deployrepo import DeployRepo, Service
+from selftests.support.images import LABEL
+
+BINARY = bytes(range(256)) * 4
+
+
+def compose(svc: Service, manifest: Manifest, *args: str) -> None:
+    argv = ["docker", "compose", "-p", svc.project, "-f", str(manifest.compose_file), *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{' '.join(argv)}:\n{done.stdout}{done.stderr}"
+
+
+class Box:
+    """The service's running container, read and written through `docker exec`."""
+
+    def __init__(self, client: docker.DockerClient, svc: Service) -> None:
+        self.client = client
+        self.svc = svc
+
+    @property
+    def container(self):
+        found = self.client.containers.list(
+            all=True,
+            filters={
+                "label": [
+                    f"com.docker.compose.project={self.svc.project}",
+                    f"com.docker.compose.service={self.svc.name}",
+                ]
+            },
+        )
+        assert len(found) == 1, found
+        return found[0]
+
+    def sh(self, script: str) -> bytes:
+        code, out = self.container.exec_run(["sh", "-c", script])
+        assert code == 0, out
+        return out
+
+    def write(self, path: str, data: bytes) -> None:
+        octal = "".join(f"\\{b:03o}" for b in data)
+        self.sh(f"mkdir -p $(dirname {path}) && printf '{octal}' > {path}")
+
+    def read(self, path: str) -> bytes:
+        return self.sh(f"cat {path}")
+
+    def names(self, directory: str) -> set[str]:
+        return set(self.sh(f"ls -A {directory}").decode().split())
+
+
+@pytest.fixture
+def up(
+    deploy: DeployRepo, docker_client: docker.DockerClient, request: pytest.FixtureRequest
+) -> Callable[..., tuple[Manifest, Box]]:
+    """Write a service to the deploy repo, bring it up, and take it down -v afterwards."""
+
+    def up(svc: Service, *, extra_manifest: dict | None = None) -> tuple[Manifest, Box]:
+        deploy.write_service(svc, extra_manifest=extra_manifest)
+        manifest = load(deploy.dev, svc.name)
+        request.addfinalizer(lambda: compose(svc, manifest, "down", "-v", "--remove-orphans"))
+        compose(svc, manifest, "up", "-d")
+        return manifest, Box(docker_client, svc)
+
+    return up
+
+
+@pytest.fixture
+def root(deploy: DeployRepo) -> Path:
+    return backups_root(deploy.dev)
+
+
+@pytest.fixture
+def volumes(docker_client: docker.DockerClient) -> Iterator[Callable[[str], None]]:
+    """Create volumes by hand (as `external` ones would be); removed afterwards."""
+    made: list[str] = []
+
+    def create(name: str) -> None:
+        docker_client.volumes.create(name=name, labels={LABEL: "test_backup"})
+        made.append(name)
+
+    yield create
+    for name in made:
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.volumes.get(name).remove(force=True)
+
+
+def members(record: BackupRecord, kind: str) -> set[str]:
+    (entry,) = [e for e in record.entries if e.kind == kind]
+    assert entry.archive is not None
+    with tarfile.open(record.directory / entry.archive) as tar:
+        return {m.name.split("/", 1)[1] for m in tar if "/" in m.name}
+
+
+@pytest.mark.docker
+def test_restore_puts_back_volume_and_path_byte_identical(
+    up, make_service, docker_client, root: Path
+) -> None:
+    svc = make_service("web", volumes=("web-data",), paths=("/srv/data",))
+    manifest, web = up(svc)
+    web.write("/data/web-data/a.txt", b"alpha\n")
+    web.write("/data/web-data/sub/b.bin", BINARY)
+    web.write("/data/web-data/.hidden", b"dot\n")
+    web.write("/srv/data/config", b"v1\n")
+    web.write("/srv/data/sub/c", b"see\n")
+
+    record = take(docker_client, manifest, svc.project, root)
+
+    assert re.fullmatch(r"\d{8}_\d{6}", record.stamp)
+    assert record.directory == root / "web" / record.stamp
+    assert [(e.kind, e.name, e.target, e.absent) for e in record.entries] == [
+        ("volume", "web-data", f"{svc.project}_web-data", False),
+        ("path", "/srv/data", "/srv/data", False),
+    ]
+    checked = subprocess.run(
+        ["sha256sum", "-c", "SHA256SUMS"], cwd=record.directory, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count(": OK") == 2
+    on_disk = json.loads((record.directory / "record.json").read_text())
+    assert [e["sha256"] for e in on_disk["entries"]] == [e.sha256 for e in record.entries]
+    assert members(record, "volume") >= {"a.txt", "sub/b.bin", ".hidden"}
+
+    web.write("/data/web-data/a.txt", b"changed\n")
+    web.write("/data/web-data/new.txt", b"added after the backup\n")
+    web.sh("rm /data/web-data/.hidden")
+    web.write("/srv/data/config", b"v2\n")
+    web.write("/srv/data/extra", b"added after the backup\n")
+    web.sh("rm /srv/data/sub/c")
+
+    with pytest.raises(ReleaseError, match="running"):
+        restore(docker_client, manifest, svc.project, root, record.stamp)
+    assert web.read("/data/web-data/a.txt") == b"changed\n"
+
+    compose(svc, manifest, "stop")
+    report = restore(docker_client, manifest, svc.project, root, record.stamp)
+    compose(svc, manifest, "start")
+
+    assert web.names("/data/web-data") == {"a.txt", "sub", ".hidden"}
+    assert web.read("/data/web-data/a.txt") == b"alpha\n"
+    assert web.read("/data/web-data/sub/b.bin") == BINARY
+    assert web.read("/data/web-data/.hidden") == b"dot\n"
+    assert web.names("/srv/data") == {"config", "sub"}
+    assert web.read("/srv/data/config") == b"v1\n"
+    assert web.read("/srv/data/sub/c") == b"see\n"
+    assert "emptied in place" in report.actions[0]
+
+    # What stood there was kept as a backup of its own: restoring it undoes the revert.
+    assert report.replaced.directory.parent == record.directory
+    verify(root, "web", report.undo_stamp)
+    assert "new.txt" in members(report.replaced, "volume")
+    compose(svc, manifest, "stop")
+    restore(docker_client, manifest, svc.project, root, report.undo_stamp)
+    compose(svc, manifest, "start")
+    assert web.read("/data/web-data/new.txt") == b"added after the backup\n"
+    assert web.read("/srv/data/config") == b"v2\n"
+    assert web.names("/srv/data") == {"config", "extra", "sub"}
+
+
+@pytest.mark.docker
+def test_restore_recreates_a_volume_no_container_holds(
+    up, make_service, docker_client, root: Path
+) -> None:
+    svc = make_service("store", volumes=("blobs",))
+    manifest, store = up(svc)
+    store.write("/data/blobs/one", BINARY)
+    record = take(docker_client, manifest, svc.project, root)
+    store.write("/data/blobs/two", b"later\n")
+    labels = docker_client.volumes.get(f"{svc.project}_blobs").attrs["Labels"]
+
+    compose(svc, manifest, "down")  # containers go, the volume stays
+    report = restore(docker_client, manifest, svc.project, root, record.stamp)
+    assert "removed and recreated" in report.actions[0]
+    assert docker_client.volumes.get(f"{svc.project}_blobs").attrs["Labels"] == labels
+
+    compose(svc, manifest, "up", "-d")
+    assert store.names("/data/blobs") == {"one"}
+    assert store.read("/data/blobs/one") == BINARY
+
+
+def test_nothing_declared_gets_an_empty_record(tmp_path: Path) -> None:
+    class NoDocker:
+        def __getattr__(self, name: str):
+            raise AssertionError(f"an empty backup asked Docker for {name}")
+
+    manifest = Manifest(
+        service="quiet",
+        package_dir=tmp_path,
+        image=Image("quiet", "1"),
+        health=Health("http://127.0.0.1:1/health"),
+        containers=("quiet",),
+        compose_file=tmp_path / "compose.yaml",
+        backup=Backup(),
+    )
+    root = tmp_path / "backups"
+
+    record = take(NoDocker(), manifest, "proj", root)  # type: ignore[arg-type]
+
+    assert record.nothing_declared
+    assert record.directory == root / "quiet" / record.stamp
+    on_disk = json.loads((record.directory / "record.json").read_text())
+    assert on_disk["nothing_declared"] is True
+    assert on_disk["entries"] == []
+    assert (record.directory / "SHA256SUMS").read_text() == ""
+    assert verify(root, "quiet", record.stamp) == record
+
+
+@pytest.mark.docker
+def test_a_corrupted_archive_fails_verify_naming_it(
+    deploy, make_service, docker_client, volumes, root: Path
+) -> None:
+    svc = make_service("files", volumes=("data",))
+    deploy.write_service(svc)
+    manifest = load(deploy.dev, svc.name)
+    volumes(f"{svc.project}_data")
+    record = take(docker_client, manifest, svc.project, root)
+    (entry,) = record.entries
+    assert entry.archive is not None
+    archive = record.directory / entry.archive
+    data = bytearray(archive.read_bytes())
+    data[100] ^= 0xFF
+    archive.write_bytes(bytes(data))
+
+    with pytest.raises(ReleaseError, match=re.escape(entry.archive)) as failed:
+        verify(root, "files", record.stamp)
+    assert "corrupted" in str(failed.value)
+    with pytest.raises(ReleaseError, match=re.escape(entry.archive)):
+        restore(docker_client, manifest, svc.project, root, record.stamp)
+    assert not list(record.directory.glob("replaced-*")), "nothing is set aside or touched"
+
+    (record.directory / "record.json").unlink()
+    with pytest.raises(ReleaseError, match="incomplete"):
+        verify(root, "files", record.stamp)
+
+
+@pytest.mark.docker
+def test_first_release_records_the_missing_volume_and_path_absent(
+    up, deploy, make_service, docker_client, root: Path
+) -> None:
+    svc = make_service("fresh", volumes=("state",), paths=("/srv/data",))
+    deploy.write_service(svc)
+    manifest = load(deploy.dev, svc.name)
+
+    record = take(docker_client, manifest, svc.project, root)
+
+    assert [(e.kind, e.target, e.absent, e.archive) for e in record.entries] == [
+        ("volume", f"{svc.project}_state", True, None),
+        ("path", "/srv/data", True, None),
+    ]
+    assert (record.directory / "SHA256SUMS").read_text() == ""
+    assert verify(root, "fresh", record.stamp) == record
+
+    # The release then creates the volume and writes to it; reverting empties it...
+    _, fresh = up(svc)
+    fresh.write("/data/state/written-by-the-release", b"x\n")
+    compose(svc, manifest, "stop")
+    report = restore(docker_client, manifest, svc.project, root, record.stamp)
+    compose(svc, manifest, "start")
+    assert fresh.names("/data/state") == set()
+    assert "absent in the backup; emptied in place" in report.actions[0]
+    assert "left as it is" in report.actions[1]
+
+    # ...and, once no container holds it, removes it.
+    compose(svc, manifest, "down")
+    restore(docker_client, manifest, svc.project, root, record.stamp)
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.volumes.get(f"{svc.project}_state")
+
+
+@pytest.mark.docker
+def test_a_missing_volume_of_a_deployed_service_fails_naming_both(
+    up, make_service, docker_client, root: Path
+) -> None:
+    svc = make_service("api")
+    manifest, _ = up(svc, extra_manifest={"backup": {"volumes": ["ghost"]}})
+
+    with pytest.raises(ReleaseError, match="api: volume 'ghost' does not exist") as failed:
+        take(docker_client, manifest, svc.project, root)
+    assert f"docker volume create --label=com.docker.compose.project={svc.project}" in str(
+        failed.value
+    )
+    assert not (root / "api").exists() or not any((root / "api").iterdir())
+
+
+@pytest.mark.docker
+def test_the_project_volume_is_preferred_over_the_bare_key(
+    deploy, make_service, docker_client, volumes, root: Path
+) -> None:
+    svc = make_service("db")
+    key = f"{svc.project}-shared"
+    deploy.write_service(svc, extra_manifest={"backup": {"volumes": [key]}})
+    manifest = load(deploy.dev, svc.name)
+
+    volumes(key)
+    external = take(docker_client, manifest, svc.project, root, stamp="20240101_000000")
+    volumes(f"{svc.project}_{key}")
+    prefixed = take(docker_client, manifest, svc.project, root, stamp="20240101_000001")
+
+    assert external.entries[0].target == key
+    assert prefixed.entries[0].target == f"{svc.project}_{key}"
+
+
+@pytest.mark.docker
+def test_a_path_holding_a_mount_is_refused(up, make_service, docker_client, root: Path) -> None:
+    svc = make_service("mixed", volumes=("inner",), paths=("/data",))
+    manifest, _ = up(svc)
+
+    with pytest.raises(ReleaseError, match="mount point /data/inner"):
+        take(docker_client, manifest, svc.project, root)
+
+
+def test_a_failed_write_leaves_no_archive_under_its_name(tmp_path: Path) -> None:
+    def chunks():
+        yield b"half an archive"
+        raise OSError("the stream broke")
+
+    with pytest.raises(OSError, match="the stream broke"):
+        backup._write_atomically(tmp_path / "01-volume-x.tar", chunks())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreadable_record_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "web" / "20240101_000000"
+    directory.mkdir(parents=True)
+    (directory / "record.json").write_text("{not json")
+
+    with pytest.raises(ReleaseError, match=r"record\.json is unreadable"):
+        verify(tmp_path, "web", "20240101_000000")
+    with pytest.raises(ReleaseError, match="not YYYYmmdd_HHMMSS"):
+        verify(tmp_path, "web", "../etc")

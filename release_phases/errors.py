@@ -12,7 +12,8 @@ class ReleaseError(Exception):
     """A failure with a message for the operator.
 
     ``rc`` is the exit code of the command that failed (1 when no command was
-    involved); the plugin copies it into the log's ``event=failed rc=N`` line.
+    involved); the plugin copies it, and ``step``, into the log's
+    ``event=failed rc=N`` line.
     """
 
     def __init__(
@@ -22,9 +23,12 @@ class ReleaseError(Exception):
         untouched: str = "",
         next_command: str = "",
         rc: int = 1,
+        step: str = "",
     ) -> None:
         super().__init__(what)
         self.what = what
+        #: Which part of a step failed (`health`, `pre_start_init`, ...), for the log.
+        self.step = step
         self.untouched = untouched
         self.next_command = next_command
         self.rc = rc

@@ -1,1 +1,570 @@
-"""The pytest plugin (wired in a later step)."""
+"""The pytest plugin: options, the plan, and the classes that run a release.
+
+`pytest_configure` resolves the options and the state file into one
+`ReleaseContext` and registers the plugin classes only for a release run, so
+plain `pytest` in any repository costs nothing:
+
+- `Steps` provides the fixtures and parametrizes steps per planned service;
+- `Selection` applies `--from` and a phase-aware `-k`, and checks that what the
+  selected steps depend on is done (closing pytest-dependency's gaps, below);
+- `Recorder` holds the lock, halts later steps after a failure, writes the state
+  file and the log between steps, and prints the outcome with the next command.
+
+pytest-dependency declares the phases' order of dependence (`depends` on the
+previous phase, scope session). Its known gaps, closed here:
+1. With `-k` or `--from`, a dependent whose dependency was deselected is merely
+   skipped and the run exits 0. `Selection` turns that into a usage error unless
+   the state file records the dependency's phase done, and then registers it as
+   passed with pytest-dependency so the dependent runs.
+2. Several tests sharing one dependency name (every step of a phase is named for
+   its phase): the last result wins, so a later pass hides an earlier failure.
+   `Recorder` keeps a failure sticky for the name.
+3. `-k` matches substrings of any name: see `selection.py`.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pytest_dependency import DependencyItemStatus, DependencyManager
+
+from release_phases import PHASES, clock, eventlog, lock, selection, state
+from release_phases.context import (
+    Options,
+    ReleaseContext,
+    plan_fresh,
+    plan_resume,
+    validate_ticket,
+)
+from release_phases.errors import ConfigError, ReleaseError
+from release_phases.steps import Step
+
+MODES = ("release", "revert", "return_to_main")
+PHASE_DIRS = {"release": "phases"}
+CONTEXT = pytest.StashKey[ReleaseContext]()
+STEP = pytest.StashKey[Step]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("release", "release-phases: release a ticket (pytest -m release)")
+    group.addoption(
+        "--ticket",
+        help="the ticket to release or revert; required by -m release/revert "
+        "(1-64 of A-Z a-z 0-9 . _ -)",
+    )
+    group.addoption("--branch", default="main", help="the branch to pull (default: main)")
+    group.addoption(
+        "--force-allow-non-main",
+        action="store_true",
+        help="allow --branch other than main (a hotfix release)",
+    )
+    group.addoption(
+        "--from",
+        dest="from_phase",
+        choices=PHASES[1:],
+        help="resume at this phase, using the state file's SERVICES and BACKUPS",
+    )
+    group.addoption(
+        "--base-sha",
+        help="the HEAD before the pull, when the worktree was pulled before the release "
+        "(find it with `git reflog`)",
+    )
+    group.addoption("--repo", help="the deploy repository (default: the ini value, else cwd)")
+    parser.addini("release_repo", "the deploy repository, relative to the rootdir")
+    parser.addini("container_prefix", "CONTAINER_PREFIX given to hooks and ticket scripts")
+    parser.addini("release_script_timeout", "seconds a hook or ticket script may run (1800)")
+    parser.addini(
+        "release_stop_timeout", "seconds compose waits for a container to stop before killing (30)"
+    )
+
+
+def run_mode(config: pytest.Config) -> str | None:
+    """`release`, `revert` or `return_to_main` when `-m` selects that marker alone."""
+    markexpr = config.option.markexpr
+    if not markexpr:
+        return None
+    expr = selection.compile_keyword(markexpr)
+    if expr.evaluate(lambda _name, **_kw: False):
+        return None  # the expression also selects unmarked tests: not a release run
+    for mode in MODES:
+        if expr.evaluate(lambda name, mode=mode, **_kw: name == mode):
+            return mode
+    return None
+
+
+def _options(config: pytest.Config) -> Options:
+    ticket = validate_ticket(config.getoption("ticket"))
+    repo_opt = config.getoption("repo") or config.getini("release_repo")
+    repo = Path(config.rootpath, repo_opt) if repo_opt else Path.cwd()
+    branch = config.getoption("branch")
+    if branch != "main" and not config.getoption("force_allow_non_main"):
+        raise ConfigError(
+            f"--branch {branch} is not main: a release from another branch needs "
+            "--force-allow-non-main",
+            next_command=f"pytest -m release --ticket {ticket} --branch {branch} "
+            "--force-allow-non-main",
+        )
+    script_timeout = _ini_number(config, "release_script_timeout", 1800)
+    stop_timeout = int(_ini_number(config, "release_stop_timeout", 30))
+    return Options(
+        ticket=ticket,
+        repo=repo.resolve(),
+        branch=branch,
+        force_allow_non_main=config.getoption("force_allow_non_main"),
+        from_phase=config.getoption("from_phase"),
+        base_sha=config.getoption("base_sha"),
+        container_prefix=config.getini("container_prefix") or "",
+        script_timeout=script_timeout,
+        stop_timeout=stop_timeout,
+    )
+
+
+def _ini_number(config: pytest.Config, name: str, default: float) -> float:
+    raw = config.getini(name) or str(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"ini option {name} = {raw!r} is not a number") from None
+    if value < 0:
+        raise ConfigError(f"ini option {name} = {raw!r} must not be negative")
+    return value
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    for mode in MODES:
+        config.addinivalue_line("markers", f"{mode}: a step of release-phases' {mode} run")
+    config.addinivalue_line("markers", "phase(name): the release phase a step belongs to")
+    mode = run_mode(config)
+    if mode is None:
+        return
+    try:
+        ctx = ReleaseContext(_options(config))
+        keyword = config.option.keyword
+        expr = selection.compile_keyword(keyword) if keyword else None
+        start = selection.start_phase(expr, ctx.options.from_phase)
+        ctx.plan = plan_fresh(ctx) if start == "prepare" else plan_resume(ctx, start)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[CONTEXT] = ctx
+    # The directory, not its files: node ids then read `test_migrate.py::...`, and
+    # pytest-order puts the modules in the release's order.
+    config.args[:] = [str(Path(__file__).parent / PHASE_DIRS[mode])]
+    # Skip reasons ("release halted: migrate failed on web") belong in the summary.
+    if "s" not in config.option.reportchars and "a" not in config.option.reportchars:
+        config.option.reportchars += "s"
+    if not config.option.collectonly and not config.getoption("htmlpath", None):
+        config.option.htmlpath = str(ctx.reports_dir / f"{ctx.ticket}-{mode}-{clock.stamp()}.html")
+        config.option.self_contained_html = True
+    config.pluginmanager.register(Steps(ctx), "release-steps")
+    config.pluginmanager.register(Selection(ctx, expr), "release-selection")
+    recorder = Recorder(ctx, config)
+    config.pluginmanager.register(recorder, "release-recorder")
+    if config.pluginmanager.hasplugin("html"):
+        config.pluginmanager.register(ReportDetails(recorder), "release-report")
+
+
+@pytest.fixture(scope="session")
+def release(request: pytest.FixtureRequest) -> ReleaseContext:
+    """The release context of this run (only in a release run)."""
+    return request.config.stash[CONTEXT]
+
+
+@pytest.fixture
+def step(request: pytest.FixtureRequest) -> Step:
+    """What this step hands back to the plugin: facts, log fields, report details."""
+    item = request.node
+    record = Step(phase=phase_of(item) or "", name=item.name, service=service_of(item))
+    item.stash[STEP] = record
+    return record
+
+
+def phase_of(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("phase")
+    return marker.args[0] if marker else None
+
+
+def service_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("service") if callspec else None
+
+
+class Steps:
+    """One step per planned service, for steps that take `service`."""
+
+    def __init__(self, ctx: ReleaseContext) -> None:
+        self.ctx = ctx
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "service" in metafunc.fixturenames:
+            services = self.ctx.plan.services
+            metafunc.parametrize("service", services or [None], ids=services or ["none"])
+
+
+class Selection:
+    """`--from`, a phase-aware `-k`, and what the selected steps depend on."""
+
+    def __init__(self, ctx: ReleaseContext, expr) -> None:
+        self.ctx = ctx
+        self.expr = expr
+        self.satisfied: list[str] = []
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        start = self.ctx.plan.start_phase
+        keep: list[pytest.Item] = []
+        drop: list[pytest.Item] = []
+        empty: list[pytest.Item] = []
+        for item in items:
+            phase = phase_of(item)
+            if phase is None:
+                keep.append(item)
+                continue
+            if "service" in getattr(item, "fixturenames", ()) and service_of(item) is None:
+                empty.append(item)  # a per-service step, and no service changed
+            elif PHASES.index(phase) < PHASES.index(start) or not self._keyword_allows(item):
+                drop.append(item)
+            else:
+                keep.append(item)
+        # -k has been applied here, phase-aware; pytest's substring matching must not
+        # apply it again after us.
+        config.option.keyword = ""
+        self.totals = _count([i for i in items if i not in empty])
+        if drop or empty:
+            config.hook.pytest_deselected(items=drop + empty)
+            items[:] = keep
+
+    def _keyword_allows(self, item: pytest.Item) -> bool:
+        if self.expr is None:
+            return True
+        phase = phase_of(item) or ""
+        return selection.matches(self.expr, phase, lambda word: word in item.name)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        items = session.items
+        selected = _count(items)
+        done: set[str] = set()
+        if self.ctx.plan.start_phase != "prepare" or any(not selected.get(p) for p in PHASES[:1]):
+            try:
+                saved = self.ctx.saved_state()
+                done = {p for p in PHASES if saved.done(p)}
+            except ConfigError:
+                done = set()
+        problem = selection.check_contiguous(selected, self.totals, done)
+        if problem:
+            raise pytest.UsageError(
+                f"{problem} ({self.ctx.state_path}); nothing was run or changed.\n"
+                f"Next: {self.ctx.options.command()}   (a full release)"
+            )
+        self.satisfied = [p for p in PHASES if p in done and not selected.get(p)]
+        if items and self.satisfied:
+            # Gap 1: tell pytest-dependency that phases done in an earlier run passed.
+            manager = DependencyManager.getManager(items[0], scope="session")
+            for phase in self.satisfied:
+                status = DependencyItemStatus()
+                status.results = dict.fromkeys(DependencyItemStatus.Phases, "passed")
+                manager.results[phase] = status
+
+    def pytest_report_collectionfinish(self, config: pytest.Config) -> list[str]:
+        plan = self.ctx.plan
+        lines = [f"release plan for ticket {self.ctx.ticket} in {self.ctx.repo}:"]
+        lines += [f"  {line}" for line in plan.describe()]
+        if self.satisfied:
+            lines.append(f"  done in an earlier run: {' '.join(self.satisfied)}")
+        return lines
+
+
+def _count(items: list[pytest.Item]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        phase = phase_of(item)
+        if phase:
+            counts[phase] = counts.get(phase, 0) + 1
+    return counts
+
+
+@dataclass(frozen=True)
+class Failure:
+    rc: int
+    service: str | None
+    step: str | None
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException | None, service: str | None, item: pytest.Item, rep) -> Failure:
+        if isinstance(exc, ReleaseError):
+            return cls(exc.rc, service, exc.step or item.name.split("[")[0], str(exc))
+        return cls(1, service, item.name.split("[")[0], str(exc) if exc else rep.longreprtext)
+
+
+FACT_FIELDS = {"BASE_SHA": "base_sha", "MERGE_SHA": "merge_sha", "BRANCH": "branch"}
+
+
+class Recorder:
+    """The lock, halting, the state file and the log: the only writer of the last two."""
+
+    def __init__(self, ctx: ReleaseContext, config: pytest.Config) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.held: lock.Acquired | None = None
+        self.open_phase: str | None = None
+        self.phase_t0 = 0.0
+        self.halted: str | None = None
+        #: phase -> its first failure.
+        self.failures: dict[str, Failure] = {}
+        self.last_item: dict[str, str] = {}
+        self.items: dict[str, pytest.Item] = {}
+        self.ran = 0
+        self.sticky: set[str] = set()
+        self.entered: list[str] = []
+
+    # -- collection ---------------------------------------------------------------------
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        for item in session.items:
+            phase = phase_of(item)
+            if phase:
+                self.last_item[phase] = item.nodeid
+                self.items[item.nodeid] = item
+
+    # -- before each step ---------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        phase = phase_of(item)
+        if phase is None:
+            return
+        if self.halted:
+            pytest.skip(self.halted)
+        if self.held is None:
+            self._take_lock()
+        if phase != self.open_phase:
+            self._enter(phase)
+
+    def _take_lock(self) -> None:
+        try:
+            self.held = lock.acquire(self.ctx.lock_path, self.ctx.ticket)
+        except ReleaseError:
+            self.halted = "release halted: the lock is held by another release"
+            raise
+        try:
+            saved = self.ctx.saved_state()
+        except ConfigError as exc:
+            if self.ctx.state_path.exists():
+                # Unreadable: never overwrite what revert may need.
+                self.halted = "release halted: the state file is unreadable"
+                lock.release(self.ctx.lock_path, self.held.holder)
+                self.held = None
+                raise
+            del exc
+            saved = state.State(ticket=self.ctx.ticket, branch=self.ctx.options.branch)
+        self.ctx.state = saved
+        if self.held.took_over:
+            self._log(
+                "prepare" if self.ctx.plan.start_phase == "prepare" else self.ctx.plan.start_phase,
+                "lock",
+                action="took-over-stale",
+                holder=self.held.took_over.describe(),
+            )
+
+    def _enter(self, phase: str) -> None:
+        if self.open_phase is not None:
+            self._finish(self.open_phase)
+        # A phase with no step in this run (no service changed) still happens, empty,
+        # so the state file shows it done and `--from` a later phase works.
+        if self.entered:
+            first = PHASES.index(self.entered[-1]) + 1
+        else:
+            first = PHASES.index(self.ctx.plan.start_phase)
+        for empty in PHASES[first : PHASES.index(phase)]:
+            self._begin(empty)
+            self._finish(empty)
+        self._begin(phase)
+
+    def _begin(self, phase: str) -> None:
+        self.ctx.state.begin(phase, clock.iso())
+        self._save()
+        fields: dict[str, str] = {}
+        if phase == "migrate":
+            fields["services"] = " ".join(self.ctx.state.services)
+        elif phase == "ticket":
+            fields["script"] = " ".join(self.ctx.plan.ticket_scripts) or "none"
+        self._log(phase, "start", **fields)
+        self.open_phase = phase
+        self.entered.append(phase)
+        self.phase_t0 = time.monotonic()
+
+    def _finish(self, phase: str) -> None:
+        failure = self.failures.get(phase)
+        self.ctx.state.finish(phase, failure is None, clock.iso())
+        self._save()
+        duration = f"{round(time.monotonic() - self.phase_t0)}s"
+        if failure is None:
+            self._log(phase, "done", duration=duration)
+        else:
+            self._log(
+                phase,
+                "failed",
+                rc=failure.rc,
+                service=failure.service,
+                step=failure.step,
+                duration=duration,
+            )
+        self.open_phase = None
+
+    # -- after each step ----------------------------------------------------------------
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        outcome = yield
+        rep = outcome.get_result()
+        phase = phase_of(item)
+        if phase is None:
+            return
+        exc = call.excinfo.value if call.excinfo else None
+        if isinstance(exc, ReleaseError):
+            rep.longrepr = str(exc)  # the operator's message, not a traceback
+        if self.held is None or rep.skipped:
+            return
+        step = item.stash.get(STEP, None)
+        if step is not None and rep.when == "call":
+            self._merge(step, passed=rep.passed)
+        if rep.failed:
+            service = service_of(item)
+            self.failures.setdefault(phase, Failure.of(exc, service, item, rep))
+            if phase not in selection.COMPLETE_PICTURE:
+                where = f" on {service}" if service else f" at {item.name}"
+                self.halted = f"release halted: {phase} failed{where}"
+                if self.open_phase == phase:
+                    self._finish(phase)
+        elif rep.when == "call":
+            self.ran += 1
+        last = rep.when == "teardown" and self.last_item.get(phase) == item.nodeid
+        if last and self.open_phase == phase:
+            self._finish(phase)
+
+    def _merge(self, step: Step, passed: bool) -> None:
+        st = self.ctx.state
+        for key, value in step.facts.items():
+            if key == "SERVICES":
+                st.services = value.split()
+            elif key in FACT_FIELDS:
+                setattr(st, FACT_FIELDS[key], value)
+            else:
+                st.extra[key] = value
+        st.backups.update(step.backups)
+        self._save()
+        if passed:
+            fields = {"step": step.name.split("[")[0], "service": step.service, **step.log_fields}
+            self._log(step.phase, "step", **fields)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Gap 2: a dependency name shared by several steps keeps its first failure.
+        item = self.items.get(report.nodeid)
+        marker = item.get_closest_marker("dependency") if item else None
+        name = marker.kwargs.get("name") if marker else None
+        if not name:
+            return
+        if report.failed:
+            self.sticky.add(name)
+        if name in self.sticky:
+            manager = DependencyManager.getManager(item, scope="session")
+            status = manager.results.get(name)
+            if status is not None:
+                status.results["call"] = "failed"
+
+    # -- the end ------------------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)  # before pytest-html writes the report from our state
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.held is not None:
+            if self.open_phase is not None and self.open_phase in self.failures:
+                self._finish(self.open_phase)
+            lock.release(self.ctx.lock_path, self.held.holder)
+        if self.ran == 0 and not self.config.option.collectonly and exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.config.option.collectonly:
+            return
+        tr = terminalreporter
+        tr.section("release-phases")
+        for line in self.summary():
+            tr.write_line(line)
+
+    def summary(self) -> list[str]:
+        ctx = self.ctx
+        st = ctx.state
+        lines = [f"ticket {ctx.ticket}: {self.outcome()}"]
+        if st is not None:
+            lines.append(f"state file: {ctx.state_path}  (PHASE={st.phase} {st.phase_status})")
+            lines.append(f"log: {ctx.log_path}")
+        html = self.config.getoption("htmlpath", None)
+        if html:
+            lines.append(f"report: {html}")
+        lines.append(f"next: {self.next_command()}")
+        return lines
+
+    def outcome(self) -> str:
+        if self.held is None:
+            return "NOT STARTED (" + (self.halted or "no release step ran") + ")"
+        for phase in PHASES:
+            if phase in self.failures:
+                service = self.failures[phase].service
+                return f"FAILED in {phase}" + (f" on {service}" if service else "")
+        if self.ran == 0:
+            return "NOTHING RAN"
+        last = [p for p in PHASES if p in self.last_item]
+        if last and last[-1] == PHASES[-1]:
+            return "COMPLETE"
+        return f"stopped after {last[-1] if last else '?'} (phases after it were not selected)"
+
+    def next_command(self) -> str:
+        opts = self.ctx.options
+        revert = f"pytest -m revert --ticket {opts.ticket}"
+        for phase in PHASES:
+            if phase not in self.failures:
+                continue
+            if phase == "prepare":
+                message = self.failures[phase].message
+                hint = message.split("Next: ", 1)[1].splitlines()[0] if "Next: " in message else ""
+                return hint or f"fix the cause above, then {opts.command()}"
+            return f"fix the cause, then {opts.command(f'--from={phase}')}   or roll back: {revert}"
+        if self.held is None:
+            return f"see the error above, then {opts.command()}"
+        return f"nothing; to roll back this release: {revert}"
+
+    # -- writing --------------------------------------------------------------------------
+    def _save(self) -> None:
+        state.write(self.ctx.state_path, self.ctx.state)
+
+    def _log(self, phase: str, event: str, **fields: object) -> None:
+        line = eventlog.format_line(self.ctx.ticket, phase, event, **fields)
+        eventlog.append(self.ctx.log_path, line)
+
+
+class ReportDetails:
+    """The HTML report: each step's details as extras, the release's outcome on top."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        outcome = yield
+        rep = outcome.get_result()
+        step = item.stash.get(STEP, None)
+        if step is None or rep.when != "call":
+            return
+        from pytest_html import extras
+
+        rep.extras = [
+            *getattr(rep, "extras", []),
+            *(extras.text(text, name=title) for title, text in step.details),
+        ]
+
+    def pytest_html_results_summary(self, prefix: list[str], summary, postfix, session) -> None:
+        lines = "".join(f"<li>{html.escape(line)}</li>" for line in self.recorder.summary())
+        prefix.append(f"<h2>Release</h2><ul class='release-summary'>{lines}</ul>")

@@ -67,9 +67,9 @@ class Images:
     def repository(self, name: str) -> str:
         return f"rp{RUN_ID}/{name}"
 
-    def get(self, name: str, tag: str, health: str = "ok") -> str:
+    def get(self, name: str, tag: str, health: str = "ok", *, rebuild: bool = False) -> str:
         spec = ImageSpec(self.repository(name), tag, health)
-        if spec.ref not in self.built:
+        if rebuild or spec.ref not in self.built:
             self.built[spec.ref] = build(self.client, spec, RUN_ID)
         return spec.ref
 

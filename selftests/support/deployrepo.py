@@ -14,7 +14,7 @@ from pathlib import Path
 import git
 import yaml
 
-from selftests.support.images import HTTP_PORT, LABEL
+from selftests.support.images import HEALTH_PATH, HTTP_PORT, LABEL
 
 
 def free_port() -> int:
@@ -37,7 +37,7 @@ class Service:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/health"
+        return f"http://127.0.0.1:{self.port}{HEALTH_PATH}"
 
     @property
     def image(self) -> str:

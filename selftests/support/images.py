@@ -18,11 +18,15 @@ LABEL = "io.release-phases.selftest"
 BUSYBOX_CANDIDATES = ("/usr/bin/busybox", "/bin/busybox")
 HTTP_PORT = 8080
 
-CGI_500 = (
-    "#!/bin/sh\n"
-    'printf "HTTP/1.0 500 Internal Server Error\\r\\nContent-Type: text/plain\\r\\n\\r\\n'
-    'broken\\n"\n'
-)
+#: The health endpoint is a CGI script, so one path can answer 200 or 500.
+HEALTH_PATH = "/cgi-bin/health"
+
+
+def _cgi(status: str, body: str) -> str:
+    return (
+        "#!/bin/sh\n"
+        f'printf "HTTP/1.0 {status}\\r\\nContent-Type: text/plain\\r\\n\\r\\n{body}\\n"\n'
+    )
 
 
 def busybox_path() -> str:
@@ -78,9 +82,11 @@ def rootfs(spec: ImageSpec) -> bytes:
             tar.addfile(link)
         _add(tar, "www/version", f"{spec.tag}\n".encode())
         if spec.health == "ok":
-            _add(tar, "www/health", f"ok {spec.repository}:{spec.tag}\n".encode())
+            cgi = _cgi("200 OK", f"ok {spec.repository}:{spec.tag}")
+            _add(tar, "www/cgi-bin/health", cgi.encode(), 0o755)
         elif spec.health == "error":
-            _add(tar, "www/cgi-bin/health", CGI_500.encode(), 0o755)
+            cgi = _cgi("500 Internal Server Error", "broken")
+            _add(tar, "www/cgi-bin/health", cgi.encode(), 0o755)
     return buf.getvalue()
 
 

@@ -1,0 +1,243 @@
+"""One release context: the options and the state file, resolved once.
+
+Phases read this object and record facts through their `step`; only the plugin
+writes the state file and the log. The plan (which services, which steps) is
+computed here at collection time from a fetch that moves nothing but the
+remote-tracking refs, so `--collect-only` is a dry run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import docker
+
+from release_phases import PHASES, gitops, manifest, scripts
+from release_phases import state as statefile
+from release_phases.errors import ConfigError, ReleaseError
+from release_phases.manifest import Manifest
+from release_phases.shell import Runner
+
+TICKET_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def validate_ticket(ticket: str | None) -> str:
+    if ticket is None:
+        raise ConfigError(
+            "--ticket is required for release tests",
+            next_command="pytest -m release --ticket <id>",
+        )
+    if not TICKET_RE.fullmatch(ticket) or ticket.startswith((".", "-")):
+        raise ConfigError(
+            f"--ticket {ticket!r} is not a ticket id: use 1 to 64 of A-Z a-z 0-9 . _ -, "
+            "not starting with . or -",
+        )
+    return ticket
+
+
+@dataclass(frozen=True)
+class Options:
+    ticket: str
+    repo: Path
+    branch: str = "main"
+    force_allow_non_main: bool = False
+    from_phase: str | None = None
+    base_sha: str | None = None
+    container_prefix: str = ""
+    script_timeout: float = 1800.0
+    stop_timeout: int = 30
+
+    def command(self, *extra: str, mode: str = "release") -> str:
+        """The pytest command line an operator would type for this release."""
+        parts = ["pytest", "-m", mode, "--ticket", self.ticket]
+        if self.repo != Path.cwd():
+            parts += ["--repo", str(self.repo)]
+        if self.branch != "main" and mode == "release":
+            parts += ["--branch", self.branch, "--force-allow-non-main"]
+        return " ".join([*parts, *extra])
+
+
+@dataclass
+class Plan:
+    """What this run will do, known before any step runs."""
+
+    start_phase: str
+    base_sha: str = ""
+    incoming_sha: str = ""
+    services: list[str] = field(default_factory=list)
+    manifests: dict[str, Manifest] = field(default_factory=dict)
+    ticket_scripts: list[str] = field(default_factory=list)
+    #: A problem of the host (origin unreachable) that preflight reports as a failed step.
+    problem: ReleaseError | None = None
+
+    def describe(self) -> list[str]:
+        lines = [f"start phase: {self.start_phase}"]
+        if self.base_sha:
+            lines.append(f"BASE_SHA {self.base_sha}  ->  incoming {self.incoming_sha or '?'}")
+        lines.append(f"services: {' '.join(self.services) or '(none)'}")
+        lines.append(f"ticket scripts: {' '.join(self.ticket_scripts) or '(none)'}")
+        if self.problem:
+            lines.append(f"problem (preflight will fail): {self.problem.what}")
+        return lines
+
+
+@dataclass
+class ReleaseContext:
+    options: Options
+    runner: Runner = field(default_factory=Runner)
+    plan: Plan | None = None
+    #: The live state, owned by the plugin's Recorder; phases read it.
+    state: statefile.State | None = None
+
+    # -- paths --------------------------------------------------------------------------
+    @property
+    def repo(self) -> Path:
+        return self.options.repo
+
+    @property
+    def ticket(self) -> str:
+        return self.options.ticket
+
+    @property
+    def workspace(self) -> Path:
+        return self.repo / ".asd" / "workspace"
+
+    @property
+    def state_path(self) -> Path:
+        return statefile.path_for(self.workspace, self.ticket)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workspace / "releases" / f"{self.ticket}.log"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.workspace / "releases" / ".lock"
+
+    @property
+    def backups_root(self) -> Path:
+        return self.workspace / "backups"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.repo / "reports"
+
+    # -- machinery ----------------------------------------------------------------------
+    @cached_property
+    def git(self) -> gitops.Repo:
+        return gitops.Repo(self.repo, self.runner)
+
+    @cached_property
+    def docker(self) -> docker.DockerClient:
+        return docker.from_env()
+
+    def manifest(self, service: str) -> Manifest:
+        """The service's manifest as it stands in the worktree (after the pull)."""
+        return manifest.load(self.repo, service)
+
+    def script_env(self, service: str | None = None) -> dict[str, str]:
+        """The environment of a hook (with its SERVICE) or a ticket script."""
+        st = self.state
+        return scripts.script_env(
+            ticket=self.ticket,
+            base_sha=st.base_sha,
+            merge_sha=st.merge_sha,
+            services=st.services,
+            container_prefix=self.options.container_prefix,
+            repo_root=self.repo,
+            service=service,
+        )
+
+    def saved_state(self) -> statefile.State:
+        return statefile.load(self.state_path, self.ticket)
+
+
+def check_repo(repo: Path) -> None:
+    if not (repo / ".git").exists():
+        raise ConfigError(
+            f"--repo {repo} is not a git checkout of a deploy repo",
+            next_command="pytest -m release --ticket <id> --repo <path to the deploy repo>",
+        )
+
+
+def plan_fresh(ctx: ReleaseContext) -> Plan:
+    """Plan a release from prepare: what origin/BRANCH would bring in."""
+    opts = ctx.options
+    check_repo(ctx.repo)
+    plan = Plan(start_phase="prepare")
+    if opts.base_sha:
+        base = ctx.git.resolve(opts.base_sha)
+        if base is None:
+            raise ConfigError(f"--base-sha {opts.base_sha} is not a commit in {ctx.repo}")
+        plan.base_sha = base
+    else:
+        plan.base_sha = ctx.git.head()
+    try:
+        ctx.git.fetch()
+    except ReleaseError as exc:
+        plan.problem = ReleaseError(
+            f"origin is not reachable from {ctx.repo}: {exc.what}",
+            untouched="everything: nothing was pulled, backed up or restarted",
+            next_command="check the network and `git remote -v`, then rerun " + opts.command(),
+        )
+        return plan
+    incoming = ctx.git.resolve(f"origin/{opts.branch}")
+    if incoming is None:
+        raise ConfigError(f"--branch {opts.branch}: origin has no branch of that name")
+    plan.incoming_sha = incoming
+    plan.services, plan.manifests = services_between(ctx, plan.base_sha, incoming)
+    plan.ticket_scripts = [
+        f"releases/{name}"
+        for name in sorted(ctx.git.list_dir(incoming, "releases"))
+        if scripts.is_ticket_script(name, opts.ticket)
+    ]
+    return plan
+
+
+def services_between(
+    ctx: ReleaseContext, base: str, merge: str
+) -> tuple[list[str], dict[str, Manifest]]:
+    """Changed `packages/<service>/` with a manifest at `merge`, validated as of `merge`."""
+    found: dict[str, Manifest] = {}
+    for service in gitops.changed_services(ctx.git.changed_files(base, merge)):
+        rel = f"packages/{service}"
+        text = ctx.git.show(merge, f"{rel}/manifest.yaml")
+        if text is None:
+            continue  # not deployable, or removed by this release
+        found[service] = manifest.parse(
+            text,
+            service=service,
+            package_dir=ctx.repo / rel,
+            source=f"{rel}/manifest.yaml",
+            exists=lambda name, rel=rel: ctx.git.exists(merge, f"{rel}/{name}"),
+        )
+    return list(found), found
+
+
+def plan_resume(ctx: ReleaseContext, start_phase: str) -> Plan:
+    """Plan a run that starts at `start_phase` from the saved state."""
+    check_repo(ctx.repo)
+    saved = ctx.saved_state()
+    earlier = PHASES[: PHASES.index(start_phase)]
+    missing = [p for p in earlier if not saved.done(p)]
+    if missing:
+        where = f"{saved.phase} {saved.phase_status}" if saved.phase else "no phase recorded"
+        raise ConfigError(
+            f"cannot start at {start_phase}: phase {missing[0]} of ticket {ctx.ticket} is not "
+            f"done in {ctx.state_path} (it says {where})",
+            next_command=ctx.options.command(f"--from={missing[0]}")
+            if missing[0] != "prepare"
+            else ctx.options.command(),
+        )
+    manifests = {s: ctx.manifest(s) for s in saved.services}
+    return Plan(
+        start_phase=start_phase,
+        base_sha=saved.base_sha,
+        incoming_sha=saved.merge_sha,
+        services=list(saved.services),
+        manifests=manifests,
+        ticket_scripts=[s.name for s in scripts.find_ticket_scripts(ctx.repo, ctx.ticket)],
+    )

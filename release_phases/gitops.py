@@ -1,0 +1,133 @@
+"""Git, for the deploy repo: reads through GitPython, changes as argv run by the Runner.
+
+Changing commands (fetch, pull, checkout, revert, push) are built as argv lists by
+the small functions at the top, so they can be shown in the plan and the report
+and tested without a repository; `Repo` below runs them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import git
+
+from release_phases.shell import Result, Runner
+
+#: The engine's own files never make the worktree dirty.
+OWN_PATHS = (".asd", "reports", ".pytest_cache")
+
+
+def fetch_argv(repo: Path) -> list[str]:
+    return ["git", "-C", str(repo), "fetch", "--prune", "origin"]
+
+
+def pull_argv(repo: Path, branch: str) -> list[str]:
+    return ["git", "-C", str(repo), "pull", "--ff-only", "origin", branch]
+
+
+def switch_argv(repo: Path, branch: str) -> list[str]:
+    """Create or reset the local `branch` at HEAD and check it out (worktree unchanged)."""
+    return ["git", "-C", str(repo), "checkout", "-B", branch, "HEAD"]
+
+
+def status_argv(repo: Path) -> list[str]:
+    excludes = [f":(exclude){p}" for p in OWN_PATHS]
+    return [
+        "git",
+        "-C",
+        str(repo),
+        "status",
+        "--porcelain",
+        "--untracked-files=all",
+        "--",
+        ".",
+        *excludes,
+    ]
+
+
+@dataclass
+class Repo:
+    path: Path
+    runner: Runner
+
+    @property
+    def _git(self) -> git.Git:
+        return git.Repo(self.path).git
+
+    # -- reads --------------------------------------------------------------------------
+    def head(self) -> str:
+        return self._git.rev_parse("HEAD")
+
+    def branch(self) -> str | None:
+        """The checked-out branch, or None on a detached HEAD."""
+        try:
+            return self._git.symbolic_ref("--quiet", "--short", "HEAD")
+        except git.GitCommandError:
+            return None
+
+    def resolve(self, ref: str) -> str | None:
+        try:
+            return self._git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}")
+        except git.GitCommandError:
+            return None
+
+    def is_ancestor(self, older: str, newer: str) -> bool:
+        try:
+            self._git.merge_base("--is-ancestor", older, newer)
+            return True
+        except git.GitCommandError:
+            return False
+
+    def dirty(self) -> list[str]:
+        out = self.runner.run(status_argv(self.path)).output
+        return [line for line in out.splitlines() if line.strip()]
+
+    def changed_files(self, base: str, merge: str) -> list[str]:
+        out = self._git.diff("--name-only", "--no-renames", f"{base}...{merge}")
+        return [line for line in out.splitlines() if line]
+
+    def show(self, ref: str, path: str) -> str | None:
+        try:
+            return self._git.show(f"{ref}:{path}")
+        except git.GitCommandError:
+            return None
+
+    def exists(self, ref: str, path: str) -> bool:
+        try:
+            self._git.cat_file("-e", f"{ref}:{path}")
+            return True
+        except git.GitCommandError:
+            return False
+
+    def list_dir(self, ref: str, path: str) -> list[str]:
+        try:
+            out = self._git.ls_tree("--name-only", ref, f"{path.rstrip('/')}/")
+        except git.GitCommandError:
+            return []
+        return [PurePosixPath(line).name for line in out.splitlines() if line]
+
+    def subjects(self, base: str, merge: str) -> list[str]:
+        """`<short sha> <subject>` for each commit in base..merge, newest first."""
+        out = self._git.log("--format=%h %s", f"{base}..{merge}")
+        return [line for line in out.splitlines() if line]
+
+    # -- changes ------------------------------------------------------------------------
+    def fetch(self) -> Result:
+        return self.runner.run(fetch_argv(self.path), timeout=120)
+
+    def pull(self, branch: str) -> Result:
+        return self.runner.run(pull_argv(self.path, branch), timeout=300, check=False)
+
+    def switch(self, branch: str) -> Result:
+        return self.runner.run(switch_argv(self.path, branch))
+
+
+def changed_services(files: list[str]) -> list[str]:
+    """The `packages/<service>/` dirs touched by a list of changed paths, sorted."""
+    found = set()
+    for name in files:
+        parts = PurePosixPath(name).parts
+        if len(parts) >= 3 and parts[0] == "packages":
+            found.add(parts[1])
+    return sorted(found)

@@ -1,0 +1,149 @@
+"""Phase 2, migrate: one service at a time, hooks around a forced recreate.
+
+For a service: `pre_start_init`, `docker compose up -d --no-deps --force-recreate`,
+poll the health endpoint, then `post_start_init` and `ensure-config`. The first
+thing that fails stops the service there; the plugin halts every later step.
+"""
+
+from __future__ import annotations
+
+from release_phases import compose, health, scripts
+from release_phases.context import ReleaseContext
+from release_phases.errors import ReleaseError
+from release_phases.manifest import Manifest
+from release_phases.shell import render
+from release_phases.steps import Step
+
+PRE_HOOKS = ("pre_start_init",)
+POST_HOOKS = ("post_start_init", "ensure-config")
+
+
+def hooks_of(manifest: Manifest) -> list[scripts.Script]:
+    found = (scripts.find_hook(manifest.package_dir, name) for name in scripts.HOOKS)
+    return [hook for hook in found if hook is not None]
+
+
+def ready(ctx: ReleaseContext, services: list[str]) -> list[str]:
+    """Before any container is touched: Compose v2, every image, every script runtime."""
+    comp = compose.detect(ctx.runner)
+    lines = [f"compose: {comp}"]
+    missing: list[str] = []
+    needed: list[scripts.Script] = []
+    for service in services:
+        manifest = ctx.manifest(service)
+        project = compose.project_name(manifest.compose_file)
+        absent = compose.missing_images(
+            ctx.docker,
+            comp,
+            project,
+            manifest.compose_file,
+            manifest.containers,
+            runner=ctx.runner,
+        )
+        missing += [f"{image} (for {service})" for image in absent]
+        needed += hooks_of(manifest)
+        lines.append(f"{service}: project {project}, containers {' '.join(manifest.containers)}")
+    needed += scripts.find_ticket_scripts(ctx.repo, ctx.ticket)
+    if missing:
+        raise ReleaseError(
+            "images are not present on this host: " + ", ".join(missing),
+            untouched="every container: nothing was recreated",
+            next_command="build or `docker load` those images on this host, then "
+            + ctx.options.command("--from=migrate"),
+            step="images",
+        )
+    scripts.preflight(needed)
+    lines.append(f"scripts: {' '.join(s.name for s in needed) or '(none)'}")
+    return lines
+
+
+def _run_hooks(ctx: ReleaseContext, manifest: Manifest, names, step: Step) -> None:
+    for name in names:
+        hook = scripts.find_hook(manifest.package_dir, name)
+        if hook is None:
+            continue
+        try:
+            result = scripts.run_script(
+                hook,
+                runner=ctx.runner,
+                env=ctx.script_env(manifest.service),
+                cwd=ctx.repo,
+                timeout=ctx.options.script_timeout,
+            )
+        except scripts.ScriptFailed as exc:
+            step.detail(f"{hook.name} (failed)", exc.result.output)
+            exc.step = name
+            raise
+        step.detail(hook.name, result.output or "(no output)")
+
+
+def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.HealthResult:
+    manifest = ctx.manifest(service)
+    comp = compose.detect(ctx.runner)
+    project = compose.project_name(manifest.compose_file)
+    resume = ctx.options.command("--from=migrate")
+    absent = compose.missing_images(
+        ctx.docker, comp, project, manifest.compose_file, manifest.containers, runner=ctx.runner
+    )
+    if absent:
+        raise ReleaseError(
+            f"{service}: image {', '.join(absent)} is not present on this host",
+            untouched=f"{service}'s containers: nothing was recreated",
+            next_command=f"build or `docker load` the image, then {resume}",
+            step="images",
+        )
+    _run_hooks(ctx, manifest, PRE_HOOKS, step)
+    argv = compose.up(
+        comp, project, manifest.compose_file, manifest.containers, ctx.options.stop_timeout
+    )
+    try:
+        result = compose.recreate(
+            ctx.runner,
+            comp,
+            project,
+            manifest.compose_file,
+            manifest.containers,
+            ctx.options.stop_timeout,
+            stream=True,
+        )
+    except ReleaseError as exc:
+        step.detail("compose up (failed)", f"$ {render(argv)}\n{getattr(exc, 'result', exc)}")
+        _keep_logs(ctx, comp, project, manifest, step)
+        exc.step = "compose-up"
+        raise
+    step.detail("compose up", f"$ {render(argv)}\n{result.output}")
+    probed = health.wait_healthy(
+        manifest.health.endpoint, manifest.health.expected_code, manifest.health.timeout
+    )
+    step.detail("health probes", probe_table(probed))
+    if not probed.ok:
+        _keep_logs(ctx, comp, project, manifest, step)
+        raise ReleaseError(
+            f"{service} did not become healthy: {manifest.health.endpoint} {probed.summary}",
+            untouched="the services after it: they were not touched; "
+            f"{service} runs the new containers, unhealthy",
+            next_command=f"read the container logs in the report, fix, then {resume}"
+            f"   or roll back: pytest -m revert --ticket {ctx.ticket}",
+            step="health",
+        )
+    try:
+        _run_hooks(ctx, manifest, POST_HOOKS, step)
+    except ReleaseError:
+        _keep_logs(ctx, comp, project, manifest, step)
+        raise
+    step.log_fields.update(health=probed.summary)
+    return probed
+
+
+def _keep_logs(ctx, comp, project: str, manifest: Manifest, step: Step) -> None:
+    text = compose.container_logs(
+        ctx.runner, comp, project, manifest.compose_file, manifest.containers
+    )
+    step.detail(f"container logs of {manifest.service} (last {compose.LOG_TAIL} lines)", text)
+
+
+def probe_table(result: health.HealthResult) -> str:
+    rows = [f"{'time':<26} {'outcome':<40} latency"]
+    rows += [f"{p.at:<26} {p.outcome:<40} {p.latency_ms:.0f} ms" for p in result.probes]
+    rows.append(result.summary)
+    return "\n".join(rows)

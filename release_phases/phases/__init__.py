@@ -1,0 +1,1 @@
+"""The release's story: one pytest module per phase, run in order by the plugin."""

@@ -1,0 +1,24 @@
+"""Phase 4, verify: each service runs the manifest's image and answers healthy."""
+
+import pytest
+
+from release_phases import migrate, verify
+
+pytestmark = [
+    pytest.mark.release,
+    pytest.mark.phase("verify"),
+    pytest.mark.order(4),
+    pytest.mark.dependency(name="verify", depends=["ticket"], scope="session"),
+]
+
+
+def test_image(release, step, service):
+    check = verify.image(release, service)
+    step.detail("image: expected against actual", check.report)
+    check.require()
+
+
+def test_health(release, step, service):
+    check, result = verify.health_of(release, service)
+    step.detail("health probes", migrate.probe_table(result))
+    check.require()

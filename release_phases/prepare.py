@@ -1,0 +1,126 @@
+"""Phase 1, prepare: preflight, pull, which services changed.
+
+Each function checks before it changes anything and raises a `ReleaseError`
+that says what was left untouched and what to run next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from release_phases.context import ReleaseContext, services_between
+from release_phases.errors import ReleaseError
+from release_phases.scripts import find_ticket_scripts
+
+NOTHING_CHANGED = "everything: nothing was pulled, backed up or restarted"
+
+
+def preflight(ctx: ReleaseContext) -> list[str]:
+    """Check the host before anything changes; returns what was checked."""
+    opts = ctx.options
+    if ctx.plan.problem:
+        raise ctx.plan.problem
+    try:
+        version = ctx.docker.version().get("Version", "?")
+    except Exception as exc:  # the SDK raises several kinds for one meaning: unreachable
+        raise ReleaseError(
+            f"the Docker Engine is not reachable: {exc}",
+            untouched=NOTHING_CHANGED,
+            next_command=f"start Docker (systemctl start docker), then {opts.command()}",
+        ) from None
+    dirty = ctx.git.dirty()
+    if dirty:
+        shown = "\n".join(f"  {line}" for line in dirty[:15])
+        more = f"\n  ... and {len(dirty) - 15} more" if len(dirty) > 15 else ""
+        raise ReleaseError(
+            f"the worktree of {ctx.repo} is not clean:\n{shown}{more}",
+            untouched=NOTHING_CHANGED,
+            next_command="commit, stash or remove those changes (git status), then "
+            + opts.command(),
+        )
+    current = ctx.git.branch()
+    if current != opts.branch:
+        allowed = opts.branch != "main" and opts.force_allow_non_main
+        if not allowed:
+            raise ReleaseError(
+                f"{ctx.repo} is on {current or 'a detached HEAD'}, not {opts.branch}",
+                untouched=NOTHING_CHANGED,
+                next_command="pytest -m return_to_main   (if a hotfix is checked out), or "
+                f"`git -C {ctx.repo} switch {opts.branch}`, then {opts.command()}",
+            )
+    return [
+        f"Docker Engine {version} reachable",
+        "worktree clean",
+        f"branch {current} (release of {opts.branch})",
+        f"origin reachable, origin/{opts.branch} at {ctx.plan.incoming_sha}",
+    ]
+
+
+@dataclass(frozen=True)
+class Pulled:
+    base_sha: str
+    merge_sha: str
+    output: str
+
+
+def pull(ctx: ReleaseContext) -> Pulled:
+    """BASE_SHA, fetch, `pull --ff-only`, MERGE_SHA; refuses a release of nothing."""
+    opts = ctx.options
+    head = ctx.git.head()
+    base = ctx.plan.base_sha
+    if opts.base_sha and not ctx.git.is_ancestor(base, head):
+        raise ReleaseError(
+            f"--base-sha {opts.base_sha} is not an ancestor of HEAD {head}",
+            untouched=NOTHING_CHANGED,
+            next_command="find the HEAD from before the pull with `git reflog`, then "
+            + opts.command("--base-sha <that sha>"),
+        )
+    if ctx.git.branch() != opts.branch:
+        ctx.git.switch(opts.branch)
+    ctx.git.fetch()
+    result = ctx.git.pull(opts.branch)
+    if not result.ok:
+        raise ReleaseError(
+            f"`git pull --ff-only origin {opts.branch}` was refused (rc {result.returncode}): "
+            f"the local branch and origin/{opts.branch} have diverged or the pull failed:\n"
+            f"{result.tail(15)}",
+            untouched=NOTHING_CHANGED + f"; HEAD is still {head}",
+            next_command=f"inspect with `git -C {ctx.repo} log --oneline --graph HEAD "
+            f"origin/{opts.branch}`; prod must only ever fast-forward",
+            rc=result.returncode,
+        )
+    merge = ctx.git.head()
+    if base == merge:
+        raise ReleaseError(
+            f"nothing to release: BASE_SHA equals MERGE_SHA ({merge}). HEAD was already at "
+            f"origin/{opts.branch} before the release started. This usually means the "
+            "worktree was pulled by hand before the release: the engine must do the pull "
+            "itself, or it cannot tell which services changed.",
+            untouched=NOTHING_CHANGED,
+            next_command="find the HEAD from before the manual pull with "
+            f"`git -C {ctx.repo} reflog` and rerun with it, no reset needed: "
+            + opts.command("--base-sha <sha>"),
+        )
+    return Pulled(base, merge, result.output)
+
+
+def discover(ctx: ReleaseContext, base: str, merge: str) -> tuple[list[str], list[str]]:
+    """SERVICES and ticket scripts of BASE...MERGE, checked against the collected plan."""
+    services, _ = services_between(ctx, base, merge)
+    scripts = [s.name for s in find_ticket_scripts(ctx.repo, ctx.ticket)]
+    if not services and not scripts:
+        raise ReleaseError(
+            f"nothing to release: no packages/<service>/ with a manifest changed in "
+            f"{base[:12]}...{merge[:12]}, and there is no releases/{ctx.ticket}-* script",
+            untouched=f"containers and data; the code was pulled to {merge}",
+            next_command="check the ticket id and the merge; nothing else needs doing",
+        )
+    if services != ctx.plan.services:
+        raise ReleaseError(
+            f"origin/{ctx.options.branch} moved while the release was being planned: the plan "
+            f"had services [{' '.join(ctx.plan.services)}], the pull brought "
+            f"[{' '.join(services)}]",
+            untouched=f"containers and data; the code was pulled to {merge}",
+            next_command=ctx.options.command(f"--base-sha {base}"),
+        )
+    return services, scripts

@@ -1,0 +1,26 @@
+"""What one release step hands back: facts for the state file, details for the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Step:
+    phase: str
+    name: str
+    service: str | None = None
+    #: State keys this step established (BASE_SHA, SERVICES, ...); the plugin writes them.
+    facts: dict[str, str] = field(default_factory=dict)
+    #: service -> backup stamp, merged into BACKUPS.
+    backups: dict[str, str] = field(default_factory=dict)
+    #: Extra `key=value` fields for this step's log line.
+    log_fields: dict[str, str] = field(default_factory=dict)
+    #: (title, text) sections shown with this step in the HTML report.
+    details: list[tuple[str, str]] = field(default_factory=list)
+
+    def record(self, **facts: str) -> None:
+        self.facts.update(facts)
+
+    def detail(self, title: str, text: str) -> None:
+        self.details.append((title, text))

@@ -1,0 +1,103 @@
+"""Phase 4, verify: facts about what runs, compared with what the manifest asks for.
+
+Checks read like sentences (`running.image_id == expected.image_id`); how each
+fact was fetched stays in this module. Every check runs even when another has
+failed, so the report gives the whole picture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import docker.errors
+
+from release_phases import compose, health
+from release_phases.context import ReleaseContext
+from release_phases.errors import ReleaseError
+
+HEALTH_BUDGET = 30.0
+
+
+@dataclass(frozen=True)
+class RunningImage:
+    container: str
+    configured: str
+    image_id: str
+    status: str
+
+
+def running_images(ctx: ReleaseContext, service: str) -> list[RunningImage]:
+    manifest = ctx.manifest(service)
+    project = compose.project_name(manifest.compose_file)
+    found = []
+    for name in manifest.containers:
+        for c in compose.containers(ctx.docker, project, name):
+            found.append(
+                RunningImage(c.name, c.attrs["Config"]["Image"], c.attrs["Image"], c.status)
+            )
+    return found
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verify check's outcome: a report for the post-mortem, and a verdict."""
+
+    ctx: ReleaseContext
+    service: str
+    name: str
+    ok: bool
+    report: str
+    problem: str = ""
+
+    def require(self) -> None:
+        if self.ok:
+            return
+        raise ReleaseError(
+            f"{self.service}: {self.problem}\n{self.report}",
+            untouched="the running containers and data: verify changes nothing",
+            next_command=f"recheck: {self.ctx.options.command('-k verify')}   or roll back: "
+            f"pytest -m revert --ticket {self.ctx.ticket}",
+            step=self.name,
+        )
+
+
+def image(ctx: ReleaseContext, service: str) -> Check:
+    """Every container of the service runs image.name:image.tag as that tag resolves now."""
+    manifest = ctx.manifest(service)
+    expected = manifest.image.ref
+    try:
+        expected_id = ctx.docker.images.get(expected).id
+    except docker.errors.ImageNotFound:
+        expected_id = "(not on this host)"
+    running = running_images(ctx, service)
+    lines = [f"expected {expected} = {expected_id}"]
+    lines += [
+        f"actual   {r.container} ({r.status}): {r.configured} = {r.image_id}" for r in running
+    ]
+    report = "\n".join(lines)
+    if not running:
+        return Check(ctx, service, "image", False, report, "it has no container")
+    stopped = [r.container for r in running if r.status != "running"]
+    if stopped:
+        problem = f"not running: {', '.join(stopped)}"
+        return Check(ctx, service, "image", False, report, problem)
+    wrong = [r for r in running if r.configured != expected or r.image_id != expected_id]
+    if wrong:
+        problem = (
+            f"{len(wrong)} container(s) do not run {expected} as it resolves now "
+            "(was the tag moved after migrate?)"
+        )
+        return Check(ctx, service, "image", False, report, problem)
+    return Check(ctx, service, "image", True, report)
+
+
+def health_of(ctx: ReleaseContext, service: str) -> tuple[Check, health.HealthResult]:
+    """The health endpoint, retried with exponential backoff within HEALTH_BUDGET."""
+    manifest = ctx.manifest(service)
+    result = health.check_with_backoff(
+        manifest.health.endpoint, manifest.health.expected_code, budget=HEALTH_BUDGET
+    )
+    report = f"{manifest.health.endpoint}: expected {manifest.health.expected_code}, " + (
+        result.summary
+    )
+    return Check(ctx, service, "health", result.ok, report, "not healthy"), result

@@ -1,0 +1,82 @@
+"""Run the engine the way an operator does: `pytest -m release --ticket T` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from release_phases import eventlog
+from release_phases.state import State
+
+
+@dataclass
+class Run:
+    argv: list[str]
+    rc: int
+    output: str
+    repo: Path
+    ticket: str
+
+    @property
+    def state_path(self) -> Path:
+        return self.repo / ".asd/workspace/releases" / f"{self.ticket}.env"
+
+    @property
+    def log_path(self) -> Path:
+        return self.repo / ".asd/workspace/releases" / f"{self.ticket}.log"
+
+    @property
+    def state(self) -> State:
+        return State.from_text(self.state_path.read_text(), str(self.state_path))
+
+    @property
+    def events(self) -> list[dict[str, str]]:
+        return [eventlog.parse_line(line) for line in self.log_path.read_text().splitlines()]
+
+    def event(self, phase: str, event: str) -> dict[str, str]:
+        found = [e for e in self.events if e["phase"] == phase and e["event"] == event]
+        assert found, f"no {phase} {event} event in:\n{self.log_path.read_text()}"
+        return found[-1]
+
+    def __str__(self) -> str:
+        return f"$ {' '.join(self.argv)}  -> rc {self.rc}\n{self.output}"
+
+
+def run(
+    repo: Path,
+    ticket: str,
+    *args: str,
+    mode: str = "release",
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+) -> Run:
+    # busybox httpd as PID 1 ignores SIGTERM: waiting the default 30 s for each
+    # stop would only slow the tests down.
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        mode,
+        "--ticket",
+        ticket,
+        "-o",
+        "release_stop_timeout=1",
+        *args,
+    ]
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("PYTEST_ADDOPTS", None)
+    proc = subprocess.run(
+        argv,
+        cwd=repo,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Run(argv, proc.returncode, proc.stdout, repo, ticket)

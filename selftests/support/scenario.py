@@ -1,0 +1,49 @@
+"""The usual starting point: prod runs services at tag 1, origin has a merge to tag 2."""
+
+from __future__ import annotations
+
+import subprocess
+
+from selftests.support.deployrepo import DeployRepo, Service
+
+
+def up(deploy: DeployRepo, svc: Service) -> None:
+    """Start a service on prod the way it ran before the release."""
+    compose_file = deploy.prod / "packages" / svc.name / "compose.yaml"
+    subprocess.run(
+        ["docker", "compose", "-f", str(compose_file), "up", "-d"],
+        check=True,
+        capture_output=True,
+    )
+
+
+def v1_running_v2_merged(
+    deploy: DeployRepo,
+    make_service,
+    names: tuple[str, ...] = ("api", "web"),
+    *,
+    v2_health: dict[str, str] | None = None,
+    v2_tag: dict[str, str] | None = None,
+    files: dict[str, str] | None = None,
+    ticket: str = "1234",
+    **service_kw,
+) -> dict[str, Service]:
+    services = {name: make_service(name, **service_kw) for name in names}
+    for svc in services.values():
+        deploy.write_service(svc)
+    deploy.commit("services at tag 1")
+    deploy.push()
+    deploy.clone_prod()
+    for svc in services.values():
+        up(deploy, svc)
+    for name, svc in services.items():
+        health = (v2_health or {}).get(name, "ok")
+        # Images are shared by the session: a tag stands for one behaviour only.
+        svc.tag = (v2_tag or {}).get(name) or ("2" if health == "ok" else f"2-{health}")
+        if svc.tag != "missing":
+            make_service(name, svc.tag, health)
+        deploy.write_service(svc)
+    for path, text in (files or {}).items():
+        deploy.write(path, text)
+    deploy.merge_feature(f"feature/{ticket}", f"ticket {ticket}: services to tag 2")
+    return services

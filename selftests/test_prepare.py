@@ -1,0 +1,267 @@
+"""Phase 1 for real: a bare origin, clones, real containers and volumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selftests.support import engine
+
+pytestmark = pytest.mark.docker
+
+
+def _tree_snapshot(deploy) -> tuple[str, str, list[str]]:
+    repo = deploy.prod_repo
+    files = sorted(
+        str(p.relative_to(deploy.prod)) for p in deploy.prod.rglob("*") if ".git" not in p.parts
+    )
+    return repo.head.commit.hexsha, repo.git.status("--porcelain"), files
+
+
+@pytest.fixture
+def two_services(deploy, make_service, docker_client):
+    """Prod runs web and api at tag 1; origin has a merge moving both to tag 2."""
+    web = make_service("web", volumes=("web-data",))
+    api = make_service("api")
+    for svc in (web, api):
+        deploy.write_service(svc)
+    deploy.commit("add web and api")
+    deploy.push()
+    deploy.clone_prod()
+    for svc in (web, api):
+        compose_file = deploy.prod / "packages" / svc.name / "compose.yaml"
+        subprocess.run(
+            ["docker", "compose", "-f", str(compose_file), "up", "-d"],
+            check=True,
+            capture_output=True,
+        )
+    container = docker_client.containers.get(f"{web.project}-web-1")
+    container.exec_run(["sh", "-c", "echo precious > /data/web-data/record.txt"])
+    for svc in (web, api):
+        svc.tag = "2"
+        make_service(svc.name, "2")  # builds the tag-2 image
+        deploy.write_service(svc)
+    deploy.merge_feature("feature/1234", "move web and api to 2")
+    return web, api
+
+
+def test_full_prepare_on_a_two_service_change(deploy, two_services):
+    base = deploy.prod_repo.head.commit.hexsha
+    run = engine.run(deploy.prod, "1234")
+    assert run.rc == 0, run
+    state = run.state
+    assert state.done("prepare"), run
+    assert state.base_sha == base
+    assert state.merge_sha == deploy.dev_repo.head.commit.hexsha
+    assert len(state.merge_sha) == 40
+    assert deploy.prod_repo.head.commit.hexsha == state.merge_sha
+    assert state.services == ["api", "web"]
+    assert set(state.backups) == {"api", "web"}
+    for service, stamp in state.backups.items():
+        backup_dir = deploy.prod / ".asd/workspace/backups" / service / stamp
+        assert backup_dir.is_dir(), backup_dir
+        assert re.fullmatch(r"\d{8}_\d{6}", stamp)
+    sums = deploy.prod / ".asd/workspace/backups/web" / state.backups["web"] / "SHA256SUMS"
+    assert sums.read_text().strip(), "the web volume's archive has a checksum"
+    start = run.event("prepare", "start")
+    done = run.event("prepare", "done")
+    assert re.fullmatch(r"\d+s", done["duration"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", start["time"])
+    assert run.event("migrate", "start")["services"] == "api web"
+    # the state file is valid bash that reads back exactly
+    out = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'source "{run.state_path}"; printf "%s|%s|%s" "$TICKET" "$SERVICES" "$BACKUPS"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out == f"1234|api web|api={state.backups['api']} web={state.backups['web']}"
+    assert list(deploy.prod.glob("reports/1234-release-*.html")), "a report was written"
+
+
+def test_prepull_is_detected_and_base_sha_recovers(deploy, make_service):
+    web = make_service("web")
+    deploy.write_service(web)
+    deploy.commit("add web")
+    deploy.push()
+    deploy.clone_prod()
+    before = deploy.prod_repo.head.commit.hexsha
+    deploy.write("packages/web/notes.txt", "changed\n")
+    deploy.merge_feature("feature/77", "touch web")
+    deploy.prod_repo.git.pull("--ff-only", "origin", "main")  # the operator's mistake
+
+    run = engine.run(deploy.prod, "77")
+    assert run.rc != 0
+    assert "nothing to release" in run.output
+    assert "--base-sha" in run.output and "reflog" in run.output
+    assert run.state.phase == "prepare" and run.state.phase_status == "failed"
+    assert run.event("prepare", "failed")["rc"] == "1"
+
+    run = engine.run(deploy.prod, "77", f"--base-sha={before}")
+    assert run.state.done("prepare"), run
+    assert run.state.base_sha == before
+    assert run.state.services == ["web"]
+
+
+def test_non_fast_forward_is_refused(deploy, make_service):
+    web = make_service("web")
+    deploy.write_service(web)
+    deploy.commit("add web")
+    deploy.push()
+    deploy.clone_prod()
+    prod = deploy.prod_repo
+    (deploy.prod / "local.txt").write_text("a commit only prod has\n")
+    prod.index.add(["local.txt"])
+    prod.index.commit("hand-made commit on prod")
+    head = prod.head.commit.hexsha
+    deploy.write("packages/web/notes.txt", "changed\n")
+    deploy.merge_feature("feature/5", "touch web")
+
+    run = engine.run(deploy.prod, "5")
+    assert run.rc != 0
+    assert "--ff-only" in run.output and "diverged" in run.output, run
+    assert prod.head.commit.hexsha == head
+    assert run.state.phase_status == "failed" and not run.state.merge_sha
+
+
+def test_dirty_worktree_is_refused(deploy, make_service):
+    web = make_service("web")
+    deploy.write_service(web)
+    deploy.commit("add web")
+    deploy.push()
+    deploy.clone_prod()
+    head = deploy.prod_repo.head.commit.hexsha
+    (deploy.prod / "packages/web/manifest.yaml").write_text("edited on prod\n")
+    deploy.write("packages/web/notes.txt", "changed\n")
+    deploy.merge_feature("feature/6", "touch web")
+
+    run = engine.run(deploy.prod, "6")
+    assert run.rc != 0
+    assert "not clean" in run.output and "packages/web/manifest.yaml" in run.output, run
+    assert deploy.prod_repo.head.commit.hexsha == head
+
+
+@pytest.mark.parametrize("ticket", ["../x", "1;rm -rf /", "", "x" * 65])
+def test_bad_ticket_ids_are_refused_writing_nothing(deploy, ticket):
+    deploy.clone_prod()
+    before = _tree_snapshot(deploy)
+    run = engine.run(deploy.prod, ticket)
+    assert run.rc == 4, run  # pytest's usage error
+    assert "--ticket" in run.output
+    assert _tree_snapshot(deploy) == before
+
+
+def test_release_without_ticket_does_not_run(deploy):
+    deploy.clone_prod()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "release"],
+        cwd=deploy.prod,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 4
+    assert "--ticket is required" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("manifest", "key"),
+    [
+        ("image: [unclosed\n", "not valid YAML"),
+        ("image: {name: demo/web}\nhealth: {endpoint: 'http://127.0.0.1:1/h'}\n", "image.tag"),
+        (
+            "image: {name: demo/web, tag: '2'}\n"
+            "health: {endpoint: 'http://127.0.0.1:1/h', timeout: soon}\n",
+            "health.timeout",
+        ),
+    ],
+)
+def test_malformed_manifests_are_refused_naming_file_and_key(deploy, make_service, manifest, key):
+    web = make_service("web")
+    deploy.write_service(web)
+    deploy.commit("add web")
+    deploy.push()
+    deploy.clone_prod()
+    deploy.write("packages/web/manifest.yaml", manifest)
+    deploy.merge_feature("feature/8", "break the manifest")
+    before = _tree_snapshot(deploy)
+
+    run = engine.run(deploy.prod, "8")
+    assert run.rc == 4, run
+    assert "packages/web/manifest.yaml" in run.output and key in run.output, run
+    assert _tree_snapshot(deploy) == before
+
+
+def test_collect_only_is_a_dry_run(deploy, two_services, docker_client):
+    web, api = two_services
+    before = _tree_snapshot(deploy)
+
+    def ours():
+        return {
+            c.id: c.attrs["State"]["StartedAt"]
+            for svc in (web, api)
+            for c in docker_client.containers.list(
+                all=True, filters={"label": f"com.docker.compose.project={svc.project}"}
+            )
+        }
+
+    containers = ours()
+    assert len(containers) == 2
+    run = engine.run(deploy.prod, "1234", "--collect-only")
+    assert run.rc == 0, run
+    assert "services: api web" in run.output
+    assert "test_migrate" in run.output
+    assert _tree_snapshot(deploy) == before
+    assert ours() == containers
+
+
+def test_a_held_lock_refuses_and_a_stale_one_is_taken_over(deploy, make_service):
+    web = make_service("web")
+    deploy.write_service(web)
+    deploy.commit("add web")
+    deploy.push()
+    deploy.clone_prod()
+    deploy.write("packages/web/notes.txt", "changed\n")
+    deploy.merge_feature("feature/9", "touch web")
+    lock_path = deploy.prod / ".asd/workspace/releases/.lock"
+    lock_path.parent.mkdir(parents=True)
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        stat = Path(f"/proc/{holder.pid}/stat").read_text()
+        proc_start = stat.rsplit(")", 1)[1].split()[19]
+        lock_path.write_text(
+            json.dumps(
+                {
+                    "ticket": "other-1",
+                    "pid": holder.pid,
+                    "host": os.uname().nodename,
+                    "started": "2026-05-18T15:29:00Z",
+                    "proc_start": proc_start,
+                }
+            )
+        )
+        head = deploy.prod_repo.head.commit.hexsha
+        run = engine.run(deploy.prod, "9")
+        assert run.rc != 0
+        assert "other-1" in run.output and str(holder.pid) in run.output, run
+        assert deploy.prod_repo.head.commit.hexsha == head
+        assert not run.state_path.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is dead now: its lock is stale
+    run = engine.run(deploy.prod, "9")
+    assert run.state.done("prepare"), run
+    taken = run.event("prepare", "lock")
+    assert taken["action"] == "took-over-stale" and "other-1" in taken["holder"]
+    assert not lock_path.exists(), "the lock is released at the end"

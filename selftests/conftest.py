@@ -52,9 +52,9 @@ def _cleanup(client: docker.DockerClient) -> None:
     for n in client.networks.list(filters={"label": "com.docker.compose.project"}):
         if n.attrs["Labels"].get("com.docker.compose.project", "").startswith(f"rp{RUN_ID}-"):
             n.remove()
-    for img in client.images.list(filters={"label": label}):
-        for ref in img.tags:
-            client.images.remove(ref, force=True)
+    # By id: a tag imported again leaves its earlier image untagged, still ours.
+    for img in client.images.list(all=True, filters={"label": label}):
+        client.images.remove(img.id, force=True)
 
 
 class Images:

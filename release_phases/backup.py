@@ -63,7 +63,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import posixpath
 import re
 import shutil
@@ -83,6 +82,7 @@ from docker.models.containers import Container
 from docker.models.volumes import Volume
 from docker.types import Mount
 
+from release_phases import atomic
 from release_phases.errors import ReleaseError
 from release_phases.manifest import Manifest
 from release_phases.shell import render
@@ -507,10 +507,10 @@ def _write_backup(
             note=note,
         )
         sums = "".join(f"{e.sha256}  {e.archive}\n" for e in record.archives)
-        _write_atomically(directory / SUMS_NAME, [sums.encode()])
+        atomic.write(directory / SUMS_NAME, [sums.encode()])
         # Last: a directory with a record is a complete backup.
         text = json.dumps(record.to_json(), indent=2) + "\n"
-        _write_atomically(directory / RECORD_NAME, [text.encode()])
+        atomic.write(directory / RECORD_NAME, [text.encode()])
     except BaseException as exc:
         # Only what this call created goes: a half backup must not look like one.
         shutil.rmtree(directory, ignore_errors=True)
@@ -532,7 +532,7 @@ def _archive(deployed: _Deployed, source: _Source, directory: Path, archive: str
         image = _require_image(deployed, source.target)
         with _helper(deployed, image, source.target, read_only=True) as helper:
             chunks, _ = helper.get_archive(VOLUME_MOUNT)
-            sha = _write_atomically(directory / archive, chunks)
+            sha = atomic.write(directory / archive, chunks)
         config = VolumeConfig.of(source.volume)
         return Entry("volume", source.name, source.target, False, archive, sha, volume=config)
     container = source.container
@@ -552,7 +552,7 @@ def _archive(deployed: _Deployed, source: _Source, directory: Path, archive: str
                 f" it: docker exec {container.name} mkdir -p {source.target}"
             ),
         ) from None
-    sha = _write_atomically(directory / archive, chunks)
+    sha = atomic.write(directory / archive, chunks)
     return Entry("path", source.name, source.target, False, archive, sha, container.name)
 
 
@@ -570,29 +570,6 @@ def _require_image(deployed: _Deployed, volume: str) -> str:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "root"
-
-
-def _write_atomically(path: Path, chunks: Iterable[bytes]) -> str:
-    """Write under a temporary name and rename: a crash never leaves a valid half file."""
-    digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                digest.update(chunk)
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return digest.hexdigest()
 
 
 # -- checking a backup -----------------------------------------------------------------

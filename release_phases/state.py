@@ -9,13 +9,11 @@ need to be and escaped for double quotes.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from release_phases import PHASES
+from release_phases import PHASES, atomic
 from release_phases.errors import ConfigError
 
 #: Every phase a state file may name, in the order a release and a revert run them.
@@ -185,19 +183,4 @@ def load(path: Path, ticket: str) -> State:
 
 def write(path: Path, state: State) -> None:
     """Replace the file atomically: readers see the old state or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(state.to_text())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic.write(path, [state.to_text().encode()])

@@ -19,7 +19,7 @@ import docker
 import docker.errors
 import pytest
 
-from release_phases import backup
+from release_phases import atomic
 from release_phases.backup import BackupRecord, backups_root, restore, take, verify
 from release_phases.errors import ReleaseError
 from release_phases.manifest import Backup, Health, Image, Manifest, load
@@ -338,7 +338,7 @@ def test_a_failed_write_leaves_no_archive_under_its_name(tmp_path: Path) -> None
         raise OSError("the stream broke")
 
     with pytest.raises(OSError, match="the stream broke"):
-        backup._write_atomically(tmp_path / "01-volume-x.tar", chunks())
+        atomic.write(tmp_path / "01-volume-x.tar", chunks())
     assert list(tmp_path.iterdir()) == []
 
 

@@ -9,6 +9,7 @@ remote-tracking refs, so `--collect-only` is a dry run.
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -49,10 +50,17 @@ class Options:
     container_prefix: str = ""
     script_timeout: float = 1800.0
     stop_timeout: int = 30
+    #: release, revert or return_to_main: which `-m` run this is.
+    mode: str = "release"
+    skip_git: bool = False
+    skip_data: bool = False
 
-    def command(self, *extra: str, mode: str = "release") -> str:
-        """The pytest command line an operator would type for this release."""
-        parts = ["pytest", "-m", mode, "--ticket", self.ticket]
+    def command(self, *extra: str, mode: str | None = None) -> str:
+        """The pytest command line an operator would type for this run (or `mode`'s)."""
+        mode = mode or self.mode
+        parts = ["pytest", "-m", mode]
+        if mode != "return_to_main":
+            parts += ["--ticket", self.ticket]
         if self.repo != Path.cwd():
             parts += ["--repo", str(self.repo)]
         if self.branch != "main" and mode == "release":
@@ -72,6 +80,12 @@ class Plan:
     ticket_scripts: list[str] = field(default_factory=list)
     #: A problem of the host (origin unreachable) that preflight reports as a failed step.
     problem: ReleaseError | None = None
+    #: service -> the directory its e2e tests are collected from.
+    e2e: dict[str, Path] = field(default_factory=dict)
+    #: What pytest collects the e2e tests from (a snapshot of MERGE, or the worktree).
+    e2e_args: list[Path] = field(default_factory=list)
+    #: The temporary snapshot of the e2e tests, removed at the end of the run.
+    e2e_snapshot: Path | None = None
 
     def describe(self) -> list[str]:
         lines = [f"start phase: {self.start_phase}"]
@@ -79,6 +93,8 @@ class Plan:
             lines.append(f"BASE_SHA {self.base_sha}  ->  incoming {self.incoming_sha or '?'}")
         lines.append(f"services: {' '.join(self.services) or '(none)'}")
         lines.append(f"ticket scripts: {' '.join(self.ticket_scripts) or '(none)'}")
+        if self.e2e:
+            lines.append(f"e2e tests: {' '.join(self.e2e)}")
         if self.problem:
             lines.append(f"problem (preflight will fail): {self.problem.what}")
         return lines
@@ -91,6 +107,13 @@ class ReleaseContext:
     plan: Plan | None = None
     #: The live state, owned by the plugin's Recorder; phases read it.
     state: statefile.State | None = None
+    #: The state as this run found it, before its first phase began.
+    previous: statefile.State | None = None
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """The phases this run goes through, in order."""
+        return PHASES if self.options.mode == "release" else (self.options.mode,)
 
     # -- paths --------------------------------------------------------------------------
     @property
@@ -194,7 +217,33 @@ def plan_fresh(ctx: ReleaseContext) -> Plan:
         for name in sorted(ctx.git.list_dir(incoming, "releases"))
         if scripts.is_ticket_script(name, opts.ticket)
     ]
+    snapshot_e2e(ctx, plan, incoming)
     return plan
+
+
+def snapshot_e2e(ctx: ReleaseContext, plan: Plan, ref: str) -> None:
+    """Copy the e2e tests as of `ref` out of git, so they can be collected before the pull.
+
+    The copy goes to a temporary directory, not the deploy repo: a dry run must
+    not write there. It keeps the `packages/<service>/e2e/` layout, so test ids
+    read the same as when they are collected from the worktree.
+    """
+    root: Path | None = None
+    for service, m in plan.manifests.items():
+        if not m.e2e_enabled:
+            continue
+        files = ctx.git.files_under(ref, f"packages/{service}/e2e")
+        if not files:
+            continue
+        if root is None:
+            root = Path(tempfile.mkdtemp(prefix=f"release-phases-e2e-{ctx.ticket}-"))
+            plan.e2e_args.append(root)
+            plan.e2e_snapshot = root
+        for name in files:
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(ctx.git.show(ref, name) or "")
+        plan.e2e[service] = root / "packages" / service / "e2e"
 
 
 def services_between(
@@ -233,7 +282,14 @@ def plan_resume(ctx: ReleaseContext, start_phase: str) -> Plan:
             else ctx.options.command(),
         )
     manifests = {s: ctx.manifest(s) for s in saved.services}
+    e2e = {
+        s: ctx.repo / "packages" / s / "e2e"
+        for s, m in manifests.items()
+        if m.e2e_enabled and (ctx.repo / "packages" / s / "e2e").is_dir()
+    }
     return Plan(
+        e2e=e2e,
+        e2e_args=list(e2e.values()),
         start_phase=start_phase,
         base_sha=saved.base_sha,
         incoming_sha=saved.merge_sha,
@@ -241,3 +297,25 @@ def plan_resume(ctx: ReleaseContext, start_phase: str) -> Plan:
         manifests=manifests,
         ticket_scripts=[s.name for s in scripts.find_ticket_scripts(ctx.repo, ctx.ticket)],
     )
+
+
+def plan_revert(ctx: ReleaseContext) -> Plan:
+    """Undo what the state file says was released: its services in reverse order."""
+    check_repo(ctx.repo)
+    saved = ctx.saved_state()
+    if not saved.base_sha or not saved.merge_sha:
+        raise ConfigError(
+            f"{ctx.state_path} has no BASE_SHA/MERGE_SHA: ticket {ctx.ticket} never got past "
+            "the pull, so there is nothing to revert",
+        )
+    return Plan(
+        start_phase="revert",
+        base_sha=saved.base_sha,
+        incoming_sha=saved.merge_sha,
+        services=list(reversed(saved.services)),
+    )
+
+
+def plan_return(ctx: ReleaseContext) -> Plan:
+    check_repo(ctx.repo)
+    return Plan(start_phase="return_to_main")

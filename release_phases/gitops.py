@@ -46,6 +46,29 @@ def status_argv(repo: Path) -> list[str]:
     ]
 
 
+def revert_argv(repo: Path, sha: str, *, merge: bool) -> list[str]:
+    """Apply the inverse of `sha` to the index and worktree without committing."""
+    mainline = ["-m", "1"] if merge else []
+    return ["git", "-C", str(repo), "revert", "--no-edit", "--no-commit", *mainline, sha]
+
+
+def commit_argv(repo: Path, message: str) -> list[str]:
+    return ["git", "-C", str(repo), "commit", "--quiet", "-m", message]
+
+
+def abort_revert_argv(repo: Path) -> list[str]:
+    """Drop a half-applied revert: back to HEAD, index and worktree."""
+    return ["git", "-C", str(repo), "reset", "--hard", "--quiet", "HEAD"]
+
+
+def push_argv(repo: Path, branch: str) -> list[str]:
+    return ["git", "-C", str(repo), "push", "origin", f"HEAD:{branch}"]
+
+
+def checkout_argv(repo: Path, branch: str) -> list[str]:
+    return ["git", "-C", str(repo), "checkout", "--quiet", branch]
+
+
 @dataclass
 class Repo:
     path: Path
@@ -107,10 +130,33 @@ class Repo:
             return []
         return [PurePosixPath(line).name for line in out.splitlines() if line]
 
+    def files_under(self, ref: str, path: str) -> list[str]:
+        """Every file below `path` at `ref`, recursively, as repo-relative paths."""
+        try:
+            out = self._git.ls_tree("-r", "--name-only", ref, f"{path.rstrip('/')}/")
+        except git.GitCommandError:
+            return []
+        return [line for line in out.splitlines() if line]
+
     def subjects(self, base: str, merge: str) -> list[str]:
         """`<short sha> <subject>` for each commit in base..merge, newest first."""
         out = self._git.log("--format=%h %s", f"{base}..{merge}")
         return [line for line in out.splitlines() if line]
+
+    def first_parent_chain(self, base: str, merge: str) -> list[str]:
+        """The commits base..merge along first parents, newest first: what a release merged."""
+        out = self._git.rev_list("--first-parent", f"{base}..{merge}")
+        return [line for line in out.splitlines() if line]
+
+    def is_merge(self, sha: str) -> bool:
+        return len(self._git.rev_list("--parents", "-n", "1", sha).split()) > 2
+
+    def tree(self, ref: str, path: str = "") -> str:
+        """The tree id of `path` at `ref` (empty when it does not exist there)."""
+        try:
+            return self._git.rev_parse(f"{ref}:{path}")
+        except git.GitCommandError:
+            return ""
 
     # -- changes ------------------------------------------------------------------------
     def fetch(self) -> Result:

@@ -24,7 +24,8 @@ previous phase, scope session). Its known gaps, closed here:
 
 from __future__ import annotations
 
-import html
+import copy
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,15 +39,19 @@ from release_phases.context import (
     ReleaseContext,
     plan_fresh,
     plan_resume,
+    plan_return,
+    plan_revert,
     validate_ticket,
 )
 from release_phases.errors import ConfigError, ReleaseError
 from release_phases.steps import Step
+from release_phases.verify import ServiceUnderTest
 
 MODES = ("release", "revert", "return_to_main")
-PHASE_DIRS = {"release": "phases"}
+PHASE_DIRS = {mode: f"phases/{mode}" for mode in MODES}
 CONTEXT = pytest.StashKey[ReleaseContext]()
 STEP = pytest.StashKey[Step]()
+E2E_SERVICE = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -74,6 +79,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(find it with `git reflog`)",
     )
     group.addoption("--repo", help="the deploy repository (default: the ini value, else cwd)")
+    group.addoption(
+        "--skip-git",
+        action="store_true",
+        help="revert: leave the code as it is (no git revert, no push), e.g. a hotfix branch",
+    )
+    group.addoption(
+        "--skip-data",
+        action="store_true",
+        help="revert: do not restore the backups (only when the release did not touch data)",
+    )
     parser.addini("release_repo", "the deploy repository, relative to the rootdir")
     parser.addini("container_prefix", "CONTAINER_PREFIX given to hooks and ticket scripts")
     parser.addini("release_script_timeout", "seconds a hook or ticket script may run (1800)")
@@ -96,8 +111,13 @@ def run_mode(config: pytest.Config) -> str | None:
     return None
 
 
-def _options(config: pytest.Config) -> Options:
-    ticket = validate_ticket(config.getoption("ticket"))
+def _options(config: pytest.Config, mode: str) -> Options:
+    given = config.getoption("ticket")
+    if mode == "return_to_main" and given is None:
+        given = "return-to-main"  # names its state file and log
+    ticket = validate_ticket(given)
+    if mode != "release" and config.getoption("from_phase"):
+        raise ConfigError(f"--from is for -m release; a {mode} run always runs whole")
     repo_opt = config.getoption("repo") or config.getini("release_repo")
     repo = Path(config.rootpath, repo_opt) if repo_opt else Path.cwd()
     branch = config.getoption("branch")
@@ -120,6 +140,9 @@ def _options(config: pytest.Config) -> Options:
         container_prefix=config.getini("container_prefix") or "",
         script_timeout=script_timeout,
         stop_timeout=stop_timeout,
+        mode=mode,
+        skip_git=config.getoption("skip_git"),
+        skip_data=config.getoption("skip_data"),
     )
 
 
@@ -143,17 +166,23 @@ def pytest_configure(config: pytest.Config) -> None:
     if mode is None:
         return
     try:
-        ctx = ReleaseContext(_options(config))
+        ctx = ReleaseContext(_options(config, mode))
         keyword = config.option.keyword
         expr = selection.compile_keyword(keyword) if keyword else None
-        start = selection.start_phase(expr, ctx.options.from_phase)
-        ctx.plan = plan_fresh(ctx) if start == "prepare" else plan_resume(ctx, start)
+        if mode == "revert":
+            ctx.plan = plan_revert(ctx)
+        elif mode == "return_to_main":
+            ctx.plan = plan_return(ctx)
+        else:
+            start = selection.start_phase(expr, ctx.options.from_phase)
+            ctx.plan = plan_fresh(ctx) if start == "prepare" else plan_resume(ctx, start)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[CONTEXT] = ctx
     # The directory, not its files: node ids then read `test_migrate.py::...`, and
     # pytest-order puts the modules in the release's order.
     config.args[:] = [str(Path(__file__).parent / PHASE_DIRS[mode])]
+    config.args += [str(path) for path in ctx.plan.e2e_args]
     # Skip reasons ("release halted: migrate failed on web") belong in the summary.
     if "s" not in config.option.reportchars and "a" not in config.option.reportchars:
         config.option.reportchars += "s"
@@ -161,11 +190,20 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.htmlpath = str(ctx.reports_dir / f"{ctx.ticket}-{mode}-{clock.stamp()}.html")
         config.option.self_contained_html = True
     config.pluginmanager.register(Steps(ctx), "release-steps")
-    config.pluginmanager.register(Selection(ctx, expr), "release-selection")
+    if mode == "release":
+        config.pluginmanager.register(Selection(ctx, expr), "release-selection")
     recorder = Recorder(ctx, config)
     config.pluginmanager.register(recorder, "release-recorder")
     if config.pluginmanager.hasplugin("html"):
+        from release_phases.report import ReportDetails  # only with pytest-html
+
         config.pluginmanager.register(ReportDetails(recorder), "release-report")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    ctx = config.stash.get(CONTEXT, None)
+    if ctx is not None and ctx.plan is not None and ctx.plan.e2e_snapshot is not None:
+        shutil.rmtree(ctx.plan.e2e_snapshot, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -183,6 +221,16 @@ def step(request: pytest.FixtureRequest) -> Step:
     return record
 
 
+@pytest.fixture
+def e2e(request: pytest.FixtureRequest) -> ServiceUnderTest:
+    """For a service's e2e tests: its manifest and its endpoint, as released."""
+    service = request.node.stash.get(E2E_SERVICE, None)
+    if service is None:
+        raise pytest.UsageError("the e2e fixture is for tests under packages/<service>/e2e/")
+    ctx = request.config.stash[CONTEXT]
+    return ServiceUnderTest(service, ctx.manifest(service))
+
+
 def phase_of(item: pytest.Item) -> str | None:
     marker = item.get_closest_marker("phase")
     return marker.args[0] if marker else None
@@ -190,7 +238,9 @@ def phase_of(item: pytest.Item) -> str | None:
 
 def service_of(item: pytest.Item) -> str | None:
     callspec = getattr(item, "callspec", None)
-    return callspec.params.get("service") if callspec else None
+    if callspec and "service" in callspec.params:
+        return callspec.params["service"]
+    return item.stash.get(E2E_SERVICE, None)
 
 
 class Steps:
@@ -198,6 +248,18 @@ class Steps:
 
     def __init__(self, ctx: ReleaseContext) -> None:
         self.ctx = ctx
+
+    def pytest_itemcollected(self, item: pytest.Item) -> None:
+        """A service's e2e test becomes a verify step of that service."""
+        for service, where in self.ctx.plan.e2e.items():
+            if item.path.is_relative_to(where):
+                item.stash[E2E_SERVICE] = service
+                item.add_marker(pytest.mark.release)
+                item.add_marker(pytest.mark.phase("verify"))
+                item.add_marker(pytest.mark.order(5))  # after the image and health checks
+                item.add_marker(
+                    pytest.mark.dependency(name="verify", depends=["ticket"], scope="session")
+                )
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if "service" in metafunc.fixturenames:
@@ -363,6 +425,7 @@ class Recorder:
             del exc
             saved = state.State(ticket=self.ctx.ticket, branch=self.ctx.options.branch)
         self.ctx.state = saved
+        self.ctx.previous = copy.deepcopy(saved)
         if self.held.took_over:
             self._log(
                 "prepare" if self.ctx.plan.start_phase == "prepare" else self.ctx.plan.start_phase,
@@ -376,11 +439,12 @@ class Recorder:
             self._finish(self.open_phase)
         # A phase with no step in this run (no service changed) still happens, empty,
         # so the state file shows it done and `--from` a later phase works.
+        phases = self.ctx.phases
         if self.entered:
-            first = PHASES.index(self.entered[-1]) + 1
+            first = phases.index(self.entered[-1]) + 1
         else:
-            first = PHASES.index(self.ctx.plan.start_phase)
-        for empty in PHASES[first : PHASES.index(phase)]:
+            first = phases.index(self.ctx.plan.start_phase)
+        for empty in phases[first : phases.index(phase)]:
             self._begin(empty)
             self._finish(empty)
         self._begin(phase)
@@ -501,6 +565,8 @@ class Recorder:
         if st is not None:
             lines.append(f"state file: {ctx.state_path}  (PHASE={st.phase} {st.phase_status})")
             lines.append(f"log: {ctx.log_path}")
+        if st is not None and st.extra.get("DRIFT"):
+            lines.append(f"needs a release (differs from main): {st.extra['DRIFT']}")
         html = self.config.getoption("htmlpath", None)
         if html:
             lines.append(f"report: {html}")
@@ -510,30 +576,33 @@ class Recorder:
     def outcome(self) -> str:
         if self.held is None:
             return "NOT STARTED (" + (self.halted or "no release step ran") + ")"
-        for phase in PHASES:
+        for phase in self.ctx.phases:
             if phase in self.failures:
                 service = self.failures[phase].service
                 return f"FAILED in {phase}" + (f" on {service}" if service else "")
         if self.ran == 0:
             return "NOTHING RAN"
-        last = [p for p in PHASES if p in self.last_item]
-        if last and last[-1] == PHASES[-1]:
+        last = [p for p in self.ctx.phases if p in self.last_item]
+        if last and last[-1] == self.ctx.phases[-1]:
             return "COMPLETE"
         return f"stopped after {last[-1] if last else '?'} (phases after it were not selected)"
 
     def next_command(self) -> str:
         opts = self.ctx.options
         revert = f"pytest -m revert --ticket {opts.ticket}"
-        for phase in PHASES:
+        for phase in self.ctx.phases:
             if phase not in self.failures:
                 continue
-            if phase == "prepare":
+            if phase in ("prepare", "revert", "return_to_main"):
                 message = self.failures[phase].message
                 hint = message.split("Next: ", 1)[1].splitlines()[0] if "Next: " in message else ""
+                # These phases can be run again as they are: the error's own hint is best.
                 return hint or f"fix the cause above, then {opts.command()}"
             return f"fix the cause, then {opts.command(f'--from={phase}')}   or roll back: {revert}"
         if self.held is None:
             return f"see the error above, then {opts.command()}"
+        if opts.mode != "release":
+            return "nothing"
         return f"nothing; to roll back this release: {revert}"
 
     # -- writing --------------------------------------------------------------------------
@@ -543,28 +612,3 @@ class Recorder:
     def _log(self, phase: str, event: str, **fields: object) -> None:
         line = eventlog.format_line(self.ctx.ticket, phase, event, **fields)
         eventlog.append(self.ctx.log_path, line)
-
-
-class ReportDetails:
-    """The HTML report: each step's details as extras, the release's outcome on top."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        self.recorder = recorder
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
-        outcome = yield
-        rep = outcome.get_result()
-        step = item.stash.get(STEP, None)
-        if step is None or rep.when != "call":
-            return
-        from pytest_html import extras
-
-        rep.extras = [
-            *getattr(rep, "extras", []),
-            *(extras.text(text, name=title) for title, text in step.details),
-        ]
-
-    def pytest_html_results_summary(self, prefix: list[str], summary, postfix, session) -> None:
-        lines = "".join(f"<li>{html.escape(line)}</li>" for line in self.recorder.summary())
-        prefix.append(f"<h2>Release</h2><ul class='release-summary'>{lines}</ul>")

@@ -8,14 +8,34 @@ failed, so the report gives the whole picture.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import docker.errors
 
 from release_phases import compose, health
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
+from release_phases.manifest import Manifest
 
 HEALTH_BUDGET = 30.0
+
+
+@dataclass(frozen=True)
+class ServiceUnderTest:
+    """What a service's e2e tests get from the `e2e` fixture."""
+
+    service: str
+    manifest: Manifest
+
+    @property
+    def endpoint(self) -> str:
+        return self.manifest.health.endpoint
+
+    @property
+    def base_url(self) -> str:
+        """`scheme://host:port` of the health endpoint."""
+        parts = urlsplit(self.endpoint)
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 @dataclass(frozen=True)
@@ -52,11 +72,18 @@ class Check:
     def require(self) -> None:
         if self.ok:
             return
+        opts = self.ctx.options
+        if opts.mode == "release":
+            next_command = (
+                f"recheck: {opts.command('-k verify')}   or roll back: "
+                f"pytest -m revert --ticket {opts.ticket}"
+            )
+        else:
+            next_command = f"find out why (see the report), then {opts.command()}"
         raise ReleaseError(
             f"{self.service}: {self.problem}\n{self.report}",
-            untouched="the running containers and data: verify changes nothing",
-            next_command=f"recheck: {self.ctx.options.command('-k verify')}   or roll back: "
-            f"pytest -m revert --ticket {self.ctx.ticket}",
+            untouched="the running containers and data: this check changes nothing",
+            next_command=next_command,
             step=self.name,
         )
 

@@ -85,13 +85,30 @@ def deploy(tmp_path: Path) -> DeployRepo:
     return DeployRepo(tmp_path, RUN_ID)
 
 
+def remove_project(client: docker.DockerClient, project: str) -> None:
+    """Everything compose made for exactly this project: containers, networks, volumes."""
+    label = {"label": f"com.docker.compose.project={project}"}
+    for c in client.containers.list(all=True, filters=label):
+        c.remove(force=True, v=True)
+    for n in client.networks.list(filters=label):
+        n.remove()
+    for v in client.volumes.list(filters=label):
+        v.remove(force=True)
+
+
 @pytest.fixture
-def make_service(images: Images, request: pytest.FixtureRequest):
-    """Build `Service` records whose compose project is unique to this test."""
+def make_service(images: Images, docker_client: docker.DockerClient):
+    """Build `Service` records whose compose project is unique to this test.
+
+    The projects are removed when the test ends: each holds a network, and the
+    engine has only a few dozen address pools for them.
+    """
     test_id = uuid.uuid4().hex[:6]
+    projects: set[str] = set()
 
     def make(name: str, tag: str = "1", health: str = "ok", **kw) -> Service:
         images.get(name, tag, health)
+        projects.add(f"rp{RUN_ID}-{test_id}-{name}")
         return Service(
             name=name,
             project=f"rp{RUN_ID}-{test_id}-{name}",
@@ -101,4 +118,6 @@ def make_service(images: Images, request: pytest.FixtureRequest):
             **kw,
         )
 
-    return make
+    yield make
+    for project in sorted(projects):
+        remove_project(docker_client, project)

@@ -1,1 +1,1 @@
-"""The release's story: one pytest module per phase, run in order by the plugin."""
+"""The runs' stories: one directory per run mode, one pytest module per phase."""

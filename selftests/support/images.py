@@ -22,10 +22,12 @@ HTTP_PORT = 8080
 HEALTH_PATH = "/cgi-bin/health"
 
 
-def _cgi(status: str, body: str) -> str:
+def _cgi(status: str, body: str, log: str = "") -> str:
+    """The health script; `log` goes to its stderr, which is the container's log."""
     return (
         "#!/bin/sh\n"
-        f'printf "HTTP/1.0 {status}\\r\\nContent-Type: text/plain\\r\\n\\r\\n{body}\\n"\n'
+        + (f'echo "{log}" >&2\n' if log else "")
+        + f'printf "HTTP/1.0 {status}\\r\\nContent-Type: text/plain\\r\\n\\r\\n{body}\\n"\n'
     )
 
 
@@ -85,7 +87,7 @@ def rootfs(spec: ImageSpec) -> bytes:
             cgi = _cgi("200 OK", f"ok {spec.repository}:{spec.tag}")
             _add(tar, "www/cgi-bin/health", cgi.encode(), 0o755)
         elif spec.health == "error":
-            cgi = _cgi("500 Internal Server Error", "broken")
+            cgi = _cgi("500 Internal Server Error", "broken", "health check failed: broken")
             _add(tar, "www/cgi-bin/health", cgi.encode(), 0o755)
     return buf.getvalue()
 

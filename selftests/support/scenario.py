@@ -10,11 +10,13 @@ from selftests.support.deployrepo import DeployRepo, Service
 def up(deploy: DeployRepo, svc: Service) -> None:
     """Start a service on prod the way it ran before the release."""
     compose_file = deploy.prod / "packages" / svc.name / "compose.yaml"
-    subprocess.run(
+    done = subprocess.run(
         ["docker", "compose", "-f", str(compose_file), "up", "-d"],
-        check=True,
         capture_output=True,
+        text=True,
+        check=False,
     )
+    assert done.returncode == 0, f"compose up of {svc.name} failed:\n{done.stdout}{done.stderr}"
 
 
 def v1_running_v2_merged(

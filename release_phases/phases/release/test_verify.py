@@ -21,4 +21,5 @@ def test_image(release, step, service):
 def test_health(release, step, service):
     check, result = verify.health_of(release, service)
     step.detail("health probes", migrate.probe_table(result))
+    step.log_fields.update(probes=str(len(result.probes)), health=result.summary)
     check.require()

@@ -1,0 +1,1 @@
+"""The release: prepare, migrate, ticket, verify."""

@@ -1,0 +1,1 @@
+"""Return to main after a hotfix release."""

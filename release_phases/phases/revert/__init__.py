@@ -1,0 +1,1 @@
+"""The revert: undo a release, code, data and containers."""

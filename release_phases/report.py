@@ -1,0 +1,242 @@
+"""The HTML report of a run, as a post-mortem: pytest-html, with the release on top.
+
+Its top answers what an operator asks the morning after: which ticket, how it
+ended and where it stopped, what was pulled (BASE_SHA..MERGE_SHA and the commits
+between), which services and backups, how long each phase took, the state file
+and the log as they stood at the end, and the command to run next. Each step's
+row carries its details (compose output, health probes, container log tail,
+script output, expected against actual image), shown inline, failed or not.
+
+Everything on top is read at the very end: the Recorder writes its last state
+in a tryfirst `pytest_sessionfinish`, before pytest-html asks for the summary.
+Every value is escaped, and the file refers to nothing outside itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+
+import pytest
+from pytest_html import extras
+
+from release_phases import PHASES, clock
+from release_phases.errors import ConfigError
+from release_phases.plugin import STEP, Failure, Recorder
+from release_phases.state import ALL_PHASES, State
+
+STYLE = """
+.release { font-size: 14px; margin: 0 0 1.5em; }
+.release h2 { margin-bottom: 0.3em; }
+.release h3 { margin: 1.2em 0 0.3em; font-size: 15px; }
+.release table { border-collapse: collapse; }
+.release th, .release td { border: 1px solid #ccc; padding: 3px 8px; text-align: left;
+  vertical-align: top; }
+.release th { background: #f2f2f2; }
+.release pre, .release-detail pre { background: #f7f7f7; border: 1px solid #ddd;
+  padding: 6px 8px; white-space: pre-wrap; word-break: break-all; margin: 0.2em 0 0.8em; }
+.release .outcome-failed { color: #b00; font-weight: bold; }
+.release .outcome-ok { color: #070; font-weight: bold; }
+.release-detail h4 { margin: 0.6em 0 0.2em; font-size: 14px; }
+"""
+
+
+def detail_html(title: str, text: str) -> str:
+    """One (title, text) detail of a step, as shown in its row."""
+    return (
+        f"<div class='release-detail'><h4>{escape(title)}</h4>"
+        f"<pre>{escape(text or '(empty)')}</pre></div>"
+    )
+
+
+@dataclass(frozen=True)
+class NotRun:
+    nodeid: str
+    reason: str
+
+
+class ReportDetails:
+    """The HTML report: each step's details in its row, the release's post-mortem on top."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.not_run: list[NotRun] = []
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        outcome = yield
+        rep = outcome.get_result()
+        step = item.stash.get(STEP, None)
+        if step is None or not step.details:
+            return
+        # A failed step keeps what it recorded before failing: that is the post-mortem.
+        if rep.when == "call" or (rep.when == "setup" and rep.failed):
+            rep.extras = [
+                *getattr(rep, "extras", []),
+                *(extras.html(detail_html(title, text)) for title, text in step.details),
+            ]
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.skipped:
+            self.not_run.append(NotRun(report.nodeid, _skip_reason(report)))
+
+    def pytest_html_results_summary(self, prefix: list[str], summary, postfix, session) -> None:
+        prefix.append(f"<style>{STYLE}</style>{self.post_mortem()}")
+
+    # -- the top of the report ------------------------------------------------------------
+    def post_mortem(self) -> str:
+        rec = self.recorder
+        ctx = rec.ctx
+        state_text = _read(ctx.state_path)
+        saved, problem = _parse(state_text, ctx.state_path)
+        outcome = rec.outcome()
+        css = "outcome-ok" if outcome == "COMPLETE" else "outcome-failed"
+        facts = [
+            ("ticket", escape(ctx.ticket)),
+            ("outcome", f"<span class='{css}'>{escape(outcome)}</span>"),
+            ("stopped", escape(self.where_stopped())),
+            ("next command", f"<code>{escape(rec.next_command())}</code>"),
+        ]
+        if saved is not None:
+            facts += [
+                ("BASE_SHA", f"<code>{escape(saved.base_sha or '(not recorded)')}</code>"),
+                ("MERGE_SHA", f"<code>{escape(saved.merge_sha or '(not recorded)')}</code>"),
+                ("BRANCH", escape(saved.branch)),
+                ("SERVICES", escape(" ".join(saved.services) or "(none)")),
+                ("BACKUPS", escape(_backups(saved) or "(none)")),
+            ]
+        parts = [
+            "<section class='release' id='release'>",
+            f"<h2>Ticket {escape(ctx.ticket)}: {escape(outcome)}</h2>",
+            _facts(facts),
+        ]
+        stop = self.stop()
+        if stop is not None:
+            parts.append(f"<h3>What failed</h3><pre>{escape(stop[1].message)}</pre>")
+        if saved is not None:
+            parts.append(self.commits(saved))
+            parts.append("<h3>Phases</h3>" + _table(PHASE_COLUMNS, phase_rows(saved), "phases"))
+        else:
+            parts.append(f"<h3>State</h3><p>{escape(problem)}</p>")
+        if self.not_run:
+            items = "".join(
+                f"<li><code>{escape(n.nodeid)}</code>: {escape(n.reason)}</li>"
+                for n in self.not_run
+            )
+            parts.append(f"<h3>Steps not run</h3><ul class='not-run'>{items}</ul>")
+        parts.append(_file_section("State file", ctx.state_path, state_text))
+        parts.append(_file_section("Log", ctx.log_path, _read(ctx.log_path)))
+        parts.append("</section>")
+        return "".join(parts)
+
+    def stop(self) -> tuple[str, Failure] | None:
+        """The phase that failed first and its failure, or None."""
+        failures = self.recorder.failures
+        return next(((p, failures[p]) for p in ALL_PHASES if p in failures), None)
+
+    def where_stopped(self) -> str:
+        stop = self.stop()
+        if stop is None:
+            outcome = self.recorder.outcome()
+            return "nowhere: it ran to the end" if outcome == "COMPLETE" else outcome
+        phase, failure = stop
+        where = [f"phase {phase}"]
+        if failure.service:
+            where.append(f"service {failure.service}")
+        if failure.step:
+            where.append(f"step {failure.step}")
+        return f"{', '.join(where)} (rc {failure.rc})"
+
+    def commits(self, saved: State) -> str:
+        base, merge = saved.base_sha, saved.merge_sha
+        heading = "<h3>Commits BASE_SHA..MERGE_SHA</h3>"
+        if not base or not merge:
+            return heading + "<p>(BASE_SHA or MERGE_SHA not recorded)</p>"
+        try:
+            subjects = self.recorder.ctx.git.subjects(base, merge)
+        except Exception as exc:  # a report must still be written; say why the list is missing
+            return heading + f"<p>could not list them: {escape(str(exc))}</p>"
+        if not subjects:
+            return heading + "<p>(none)</p>"
+        items = "".join(f"<li><code>{escape(s)}</code></li>" for s in subjects)
+        return heading + f"<ul class='commits'>{items}</ul>"
+
+
+PHASE_COLUMNS = ["phase", "outcome", "started", "ended", "duration"]
+
+
+def phase_rows(saved: State) -> list[tuple[str, ...]]:
+    """A row per release phase, and per revert phase recorded, from the TIMESTAMP_ keys."""
+    rows = []
+    for phase in ALL_PHASES:
+        key = phase.upper()
+        start = saved.timestamps.get(f"{key}_START")
+        done = saved.timestamps.get(f"{key}_DONE")
+        failed = saved.timestamps.get(f"{key}_FAILED")
+        if start is None:
+            if phase in PHASES:
+                rows.append((phase, "not run", "", "", ""))
+            continue
+        end = done or failed
+        outcome = "done" if done else "failed" if failed else "started, no end recorded"
+        rows.append((phase, outcome, start, end or "", _duration(start, end)))
+    return [tuple(escape(cell) for cell in row) for row in rows]
+
+
+def _duration(start: str, end: str | None) -> str:
+    if not end:
+        return ""
+    try:
+        seconds = round((clock.parse_iso(end) - clock.parse_iso(start)).total_seconds())
+    except ValueError:
+        return "?"
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes}m {rest:02d}s" if minutes else f"{rest}s"
+
+
+def _backups(saved: State) -> str:
+    return " ".join(f"{service}={stamp}" for service, stamp in saved.backups.items())
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return text.removeprefix("Skipped: ")
+
+
+def _read(path: Path) -> str | None:
+    """The file's text, or None when there is none; a report is written regardless."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"(could not read it: {exc})"
+
+
+def _parse(text: str | None, path: Path) -> tuple[State | None, str]:
+    if text is None:
+        return None, f"no state file at {path}"
+    try:
+        return State.from_text(text, str(path)), ""
+    except ConfigError as exc:
+        return None, str(exc)
+
+
+def _table(columns: list[str], rows: list[tuple[str, ...]], css: str) -> str:
+    """Rows of already escaped cells under a header of `columns`."""
+    head = "<tr>" + "".join(f"<th>{escape(c)}</th>" for c in columns) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table class='{css}'>{head}{body}</table>"
+
+
+def _facts(facts: list[tuple[str, str]]) -> str:
+    """A name per row, then its value (already escaped)."""
+    body = "".join(f"<tr><th>{escape(name)}</th><td>{value}</td></tr>" for name, value in facts)
+    return f"<table class='release-facts'>{body}</table>"
+
+
+def _file_section(title: str, path: Path, text: str | None) -> str:
+    shown = text if text is not None else "(no such file)"
+    return f"<h3>{escape(title)} <code>{escape(str(path))}</code></h3><pre>{escape(shown)}</pre>"

@@ -1,0 +1,199 @@
+"""Revert: undo a release, code first, then each service's data and containers.
+
+Every step can run again: a revert killed halfway (kill -9) is finished by running
+it once more. The revert commit is recorded in the state file as REVERT_SHA as
+soon as it exists, so a rerun does not revert twice; a half-applied revert with
+no commit yet is dropped and applied again.
+"""
+
+from __future__ import annotations
+
+from release_phases import backup, compose, gitops, health
+from release_phases.context import ReleaseContext
+from release_phases.errors import ReleaseError
+from release_phases.manifest import Manifest
+from release_phases.migrate import probe_table
+from release_phases.shell import render
+from release_phases.steps import Step
+
+WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
+
+
+def _rerun(ctx: ReleaseContext) -> str:
+    return ctx.options.command()
+
+
+def preflight(ctx: ReleaseContext) -> list[str]:
+    st = ctx.state
+    try:
+        version = ctx.docker.version().get("Version", "?")
+    except Exception as exc:  # the SDK raises several kinds for one meaning: unreachable
+        raise ReleaseError(
+            f"the Docker Engine is not reachable: {exc}",
+            untouched="everything: nothing was reverted",
+            next_command=f"start Docker, then {_rerun(ctx)}",
+        ) from None
+    lines = [f"Docker Engine {version} reachable"]
+    branch = ctx.git.branch()
+    if branch != st.branch:
+        raise ReleaseError(
+            f"{ctx.repo} is on {branch or 'a detached HEAD'}, but ticket {ctx.ticket} was "
+            f"released from {st.branch}",
+            untouched="everything: nothing was reverted",
+            next_command=f"`git -C {ctx.repo} switch {st.branch}`, then {_rerun(ctx)}",
+        )
+    dirty = ctx.git.dirty()
+    before = ctx.previous
+    # An earlier revert run that got as far as the code but not its commit.
+    half_done = (
+        before is not None
+        and before.phase == "revert"
+        and before.phase_status != "done"
+        and not before.extra.get("REVERT_SHA")
+    )
+    if dirty and half_done and not ctx.options.skip_git:
+        # Our own revert, interrupted before its commit: drop it and apply it again.
+        ctx.runner.run(gitops.abort_revert_argv(ctx.repo))
+        lines.append("dropped a revert left half-applied by an interrupted run")
+    elif dirty:
+        raise ReleaseError(
+            f"the worktree of {ctx.repo} is not clean:\n"
+            + "\n".join(f"  {line}" for line in dirty[:15]),
+            untouched="everything: nothing was reverted",
+            next_command=f"commit, stash or remove those changes, then {_rerun(ctx)}",
+        )
+    lines.append(f"branch {branch}, BASE_SHA {st.base_sha}, MERGE_SHA {st.merge_sha}")
+    return lines
+
+
+def revert_code(ctx: ReleaseContext) -> tuple[str, list[str]]:
+    """A local commit undoing BASE_SHA..MERGE_SHA; returns it and the argvs run."""
+    st = ctx.state
+    head = ctx.git.head()
+    done = st.extra.get("REVERT_SHA")
+    if done and ctx.git.is_ancestor(done, head):
+        return done, []
+    chain = ctx.git.first_parent_chain(st.base_sha, st.merge_sha)
+    if not chain:
+        raise ReleaseError(f"BASE_SHA..MERGE_SHA holds no commit: {st.base_sha}..{st.merge_sha}")
+    if not ctx.git.is_ancestor(st.merge_sha, head):
+        raise ReleaseError(
+            f"MERGE_SHA {st.merge_sha} is not in the history of HEAD {head}",
+            untouched="everything: nothing was reverted",
+            next_command=f"check `git -C {ctx.repo} log`; for a hotfix without a merge use "
+            + ctx.options.command("--skip-git"),
+        )
+    argvs = [gitops.revert_argv(ctx.repo, sha, merge=ctx.git.is_merge(sha)) for sha in chain]
+    how = "merge commit" if len(chain) == 1 and ctx.git.is_merge(chain[0]) else "range"
+    message = (
+        f"Revert ticket {ctx.ticket}: undo {st.base_sha[:12]}..{st.merge_sha[:12]} ({how})\n\n"
+        f"Released as MERGE_SHA {st.merge_sha} on top of BASE_SHA {st.base_sha}."
+    )
+    argvs.append(gitops.commit_argv(ctx.repo, message))
+    for argv in argvs:
+        result = ctx.runner.run(argv, check=False)
+        if not result.ok:
+            ctx.runner.run(gitops.abort_revert_argv(ctx.repo))
+            raise ReleaseError(
+                f"`{render(argv)}` failed (a conflict with later commits?):\n{result.tail(15)}",
+                untouched=f"the code: the half revert was dropped, HEAD is still {head}",
+                next_command="revert by hand, then " + ctx.options.command("--skip-git"),
+                rc=result.returncode,
+                step="git-revert",
+            )
+    return ctx.git.head(), [render(a) for a in argvs]
+
+
+def _service_manifest(ctx: ReleaseContext, service: str) -> Manifest | None:
+    """The service as the reverted worktree has it; None when the release added it."""
+    if not (ctx.repo / "packages" / service / "manifest.yaml").exists():
+        return None
+    return ctx.manifest(service)
+
+
+def _containers_of(ctx: ReleaseContext, service: str, manifest: Manifest | None):
+    if manifest is not None:
+        project = compose.project_name(manifest.compose_file)
+        found = []
+        for name in manifest.containers:
+            found += compose.containers(ctx.docker, project, name)
+        return found
+    # Added by the release: its compose file is gone with the revert; compose's
+    # labels still say which directory its containers came from.
+    where = str(ctx.repo / "packages" / service)
+    return ctx.docker.containers.list(all=True, filters={"label": f"{WORKING_DIR_LABEL}={where}"})
+
+
+def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
+    """Stop the service, restore its backup, bring it back at the reverted code, healthy."""
+    manifest = _service_manifest(ctx, service)
+    containers = _containers_of(ctx, service, manifest)
+    for c in containers:
+        c.stop(timeout=ctx.options.stop_timeout)
+    step.detail("stopped", "\n".join(c.name for c in containers) or "(no container)")
+    if manifest is None:
+        for c in containers:
+            c.remove()
+        step.detail("removed", f"{service} did not exist before the release: removed")
+        return
+    project = compose.project_name(manifest.compose_file)
+    stamp = ctx.state.backups.get(service)
+    if ctx.options.skip_data:
+        step.detail("data", "--skip-data: the backup was not restored")
+    elif stamp is None:
+        raise ReleaseError(
+            f"{service} has no backup in BACKUPS of {ctx.state_path}",
+            untouched=f"{service}'s data; its containers are stopped",
+            next_command=ctx.options.command("--skip-data") + "   (if its data was not touched)",
+            step="restore",
+        )
+    else:
+        report = backup.restore(ctx.docker, manifest, project, ctx.backups_root, stamp)
+        step.detail("restore", "\n".join(report.actions) + f"\nundo: stamp {report.undo_stamp}")
+    comp = compose.detect(ctx.runner)
+    argv = compose.up(
+        comp, project, manifest.compose_file, manifest.containers, ctx.options.stop_timeout
+    )
+    result = compose.recreate(
+        ctx.runner,
+        comp,
+        project,
+        manifest.compose_file,
+        manifest.containers,
+        ctx.options.stop_timeout,
+        stream=True,
+    )
+    step.detail("compose up", f"$ {render(argv)}\n{result.output}")
+    probed = health.wait_healthy(
+        manifest.health.endpoint, manifest.health.expected_code, manifest.health.timeout
+    )
+    step.detail("health probes", probe_table(probed))
+    if not probed.ok:
+        step.detail(
+            "container logs",
+            compose.container_logs(
+                ctx.runner, comp, project, manifest.compose_file, manifest.containers
+            ),
+        )
+        raise ReleaseError(
+            f"{service} is back at the old code but not healthy: {probed.summary}",
+            untouched="the services after it in the revert order",
+            next_command=f"read the container logs in the report, fix, then {_rerun(ctx)}",
+            step="health",
+        )
+
+
+def push(ctx: ReleaseContext) -> str:
+    argv = gitops.push_argv(ctx.repo, ctx.state.branch)
+    result = ctx.runner.run(argv, check=False, timeout=300)
+    if not result.ok:
+        raise ReleaseError(
+            f"`{render(argv)}` was refused (origin/{ctx.state.branch} moved?):\n{result.tail(15)}",
+            untouched=f"the local revert commit {ctx.git.head()} is kept; containers and data "
+            "are already reverted",
+            next_command=f"`git -C {ctx.repo} pull --rebase origin {ctx.state.branch}`, "
+            f"then {_rerun(ctx)}",
+            rc=result.returncode,
+            step="push",
+        )
+    return result.output

@@ -1,0 +1,218 @@
+"""Revert for real: old code on origin, old data byte-identical, old containers healthy."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from selftests.support import engine
+from selftests.support.scenario import v1_running_v2_merged
+
+pytestmark = pytest.mark.docker
+
+
+def _container(docker_client, svc):
+    found = docker_client.containers.list(
+        all=True,
+        filters={
+            "label": [
+                f"com.docker.compose.project={svc.project}",
+                f"com.docker.compose.service={svc.name}",
+            ]
+        },
+    )
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _volume_files(container) -> str:
+    code, out = container.exec_run(
+        ["sh", "-c", 'cd /data/web-data && for f in *; do echo "$f:$(cat $f)"; done']
+    )
+    assert code == 0, out
+    return out.decode()
+
+
+@pytest.fixture
+def released_with_data(deploy, make_service, docker_client):
+    """web (with a volume holding data) and api released to tag 2; web's data then changed."""
+    services = v1_running_v2_merged(deploy, make_service, volumes=("web-data",))
+    web = services["web"]
+    # (the api service declares the same volume key; only web's data is checked)
+    before_data = "record.txt:precious\n"
+    _container(docker_client, web).exec_run(
+        ["sh", "-c", "echo precious > /data/web-data/record.txt"]
+    )
+    # The release must back up what stood there before it: run it now.
+    run = engine.run(deploy.prod, "1234")
+    assert run.rc == 0, run
+    # The new version "migrates" the data.
+    _container(docker_client, web).exec_run(
+        ["sh", "-c", "echo migrated > /data/web-data/record.txt; echo new > /data/web-data/v2.txt"]
+    )
+    return services, run, before_data
+
+
+def _origin_main(deploy) -> str:
+    return deploy.dev_repo.git.ls_remote("origin", "refs/heads/main").split()[0]
+
+
+def test_a_completed_release_is_reverted(deploy, released_with_data, docker_client):
+    services, release_run, before_data = released_with_data
+    base = release_run.state.base_sha
+    run = engine.run(deploy.prod, "1234", mode="revert")
+    assert run.rc == 0, run
+    assert (run.state.phase, run.state.phase_status) == ("revert", "done")
+    for svc in services.values():
+        container = _container(docker_client, svc)
+        assert container.status == "running"
+        old = docker_client.images.get(f"{svc.repository}:1").id
+        assert container.image.id == old
+    assert _volume_files(_container(docker_client, services["web"])) == before_data
+    prod = deploy.prod_repo
+    revert_sha = run.state.extra["REVERT_SHA"]
+    assert _origin_main(deploy) == revert_sha == prod.head.commit.hexsha
+    assert prod.git.rev_parse(f"{base}:packages") == prod.git.rev_parse("HEAD:packages")
+    assert prod.head.commit.parents[0].hexsha == release_run.state.merge_sha
+    assert run.event("revert", "done")
+    assert "pytest -m revert" not in run.output.split("next:")[-1]
+
+
+def test_a_release_that_failed_in_migrate_is_reverted(deploy, make_service, docker_client):
+    services = v1_running_v2_merged(deploy, make_service, v2_health={"web": "error"}, timeout=2)
+    failed = engine.run(deploy.prod, "1234")
+    assert failed.event("migrate", "failed")["service"] == "web"
+    run = engine.run(deploy.prod, "1234", mode="revert")
+    assert run.rc == 0, run
+    for svc in services.values():
+        assert (
+            _container(docker_client, svc).image.id
+            == docker_client.images.get(f"{svc.repository}:1").id
+        )
+
+
+def test_a_fast_forward_release_is_reverted_as_one_range_commit(
+    deploy, make_service, docker_client
+):
+    web = make_service("web")
+    deploy.write_service(web)
+    deploy.commit("web at 1")
+    deploy.push()
+    deploy.clone_prod()
+    base = deploy.prod_repo.head.commit.hexsha
+    web.tag = "2"
+    make_service("web", "2")
+    deploy.write_service(web)
+    deploy.commit("web to 2")
+    deploy.write("packages/web/notes.txt", "second commit\n")
+    deploy.commit("web notes")
+    deploy.push()
+    run = engine.run(deploy.prod, "1234")
+    assert run.rc == 0, run
+    reverted = engine.run(deploy.prod, "1234", mode="revert")
+    assert reverted.rc == 0, reverted
+    prod = deploy.prod_repo
+    head = prod.head.commit
+    assert len(head.parents) == 1 and "range" in head.message
+    assert prod.git.rev_parse(f"{base}^{{tree}}") == prod.git.rev_parse("HEAD^{tree}")
+    assert (
+        _container(docker_client, web).image.id
+        == docker_client.images.get(f"{web.repository}:1").id
+    )
+
+
+def test_skip_git_and_skip_data(deploy, released_with_data, docker_client):
+    services, release_run, _ = released_with_data
+    head = deploy.prod_repo.head.commit.hexsha
+    run = engine.run(deploy.prod, "1234", "--skip-git", "--skip-data", mode="revert")
+    assert run.rc == 0, run
+    assert deploy.prod_repo.head.commit.hexsha == head, "the code was left as it is"
+    assert _origin_main(deploy) == release_run.state.merge_sha, "nothing was pushed"
+    # data untouched: the post-release content is still there
+    files = _volume_files(_container(docker_client, services["web"]))
+    assert "v2.txt:new" in files and "record.txt:migrated" in files
+    assert "--skip-git" in run.output
+
+
+def test_a_push_refused_keeps_the_local_revert_commit(deploy, released_with_data):
+    deploy.write("unrelated.txt", "someone else pushed\n")
+    deploy.commit("unrelated")
+    deploy.push()
+    run = engine.run(deploy.prod, "1234", mode="revert")
+    assert run.rc == 1, run
+    failed = run.event("revert", "failed")
+    assert failed["step"] == "push"
+    revert_sha = run.state.extra["REVERT_SHA"]
+    assert deploy.prod_repo.head.commit.hexsha == revert_sha
+    assert "pull --rebase" in run.output
+
+
+def test_a_revert_killed_mid_restore_is_finished_by_a_rerun(
+    deploy, released_with_data, docker_client
+):
+    services, _, before_data = released_with_data
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "revert",
+        "--ticket",
+        "1234",
+        "-o",
+        "release_stop_timeout=1",
+    ]
+    proc = subprocess.Popen(
+        argv, cwd=deploy.prod, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    log = deploy.prod / ".asd/workspace/releases/1234.log"
+    deadline = time.monotonic() + 60
+    # kill -9 once the first service's restore step has begun
+    while time.monotonic() < deadline:
+        if "step=test_revert_code" in log.read_text():
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    env = (deploy.prod / ".asd/workspace/releases/1234.env").read_text()
+    assert "PHASE=revert\nPHASE_STATUS=started" in env, "killed before it finished"
+    run = engine.run(deploy.prod, "1234", mode="revert")
+    assert run.rc == 0, run
+    assert (run.state.phase, run.state.phase_status) == ("revert", "done")
+    assert "took-over-stale" in log.read_text()
+    assert _volume_files(_container(docker_client, services["web"])) == before_data
+    assert (
+        len(
+            [
+                c
+                for c in deploy.prod_repo.iter_commits("HEAD", max_count=5)
+                if c.message.startswith("Revert ticket 1234")
+            ]
+        )
+        == 1
+    )
+
+
+def test_revert_without_a_state_file_names_it(deploy):
+    deploy.clone_prod()
+    run = engine.run(deploy.prod, "77", mode="revert")
+    assert run.rc == 4, run
+    assert "77.env" in run.output
+
+
+def test_a_dirty_worktree_is_refused_and_left_alone(deploy, make_service):
+    v1_running_v2_merged(deploy, make_service, ("api",))
+    assert engine.run(deploy.prod, "1234").rc == 0
+    edited = deploy.prod / "packages/api/manifest.yaml"
+    edited.write_text(edited.read_text() + "# an operator's edit\n")
+    head = deploy.prod_repo.head.commit.hexsha
+    run = engine.run(deploy.prod, "1234", mode="revert")
+    assert run.rc == 1, run
+    assert "not clean" in run.output and "packages/api/manifest.yaml" in run.output
+    assert edited.read_text().endswith("# an operator's edit\n")
+    assert deploy.prod_repo.head.commit.hexsha == head

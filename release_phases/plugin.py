@@ -18,7 +18,7 @@ previous phase, scope session). Its known gaps, closed here:
    passed with pytest-dependency so the dependent runs.
 2. Several tests sharing one dependency name (every step of a phase is named for
    its phase): the last result wins, so a later pass hides an earlier failure.
-   `Recorder` keeps a failure sticky for the name.
+   `SharedNames` keeps a failure sticky for the name.
 3. `-k` matches substrings of any name: see `selection.py`.
 """
 
@@ -190,6 +190,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.htmlpath = str(ctx.reports_dir / f"{ctx.ticket}-{mode}-{clock.stamp()}.html")
         config.option.self_contained_html = True
     config.pluginmanager.register(Steps(ctx), "release-steps")
+    config.pluginmanager.register(SharedNames(), "release-shared-names")
     if mode == "release":
         config.pluginmanager.register(Selection(ctx, expr), "release-selection")
     recorder = Recorder(ctx, config)
@@ -365,6 +366,39 @@ class Failure:
         return cls(1, service, item.name.split("[")[0], str(exc) if exc else rep.longreprtext)
 
 
+class SharedNames:
+    """Gap 2 of pytest-dependency: a name shared by several tests keeps its first failure.
+
+    pytest-dependency records one status per name and each test overwrites it,
+    so `name="verify"` on four checks reads as passed when only the last passed.
+    This runs after it has recorded a report (logreport follows makereport) and
+    marks the name failed again in every scope's manager.
+    """
+
+    def __init__(self) -> None:
+        self.items: dict[str, pytest.Item] = {}
+        self.failed: set[str] = set()
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.items = {item.nodeid: item for item in session.items}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        item = self.items.get(report.nodeid)
+        marker = item.get_closest_marker("dependency") if item else None
+        name = marker.kwargs.get("name") if marker else None
+        if not name:
+            return
+        if report.failed:
+            self.failed.add(name)
+        if name not in self.failed:
+            return
+        for scope in DependencyManager.ScopeCls:
+            manager = DependencyManager.getManager(item, scope=scope)
+            status = manager.results.get(name) if manager else None
+            if status is not None:
+                status.results["call"] = "failed"
+
+
 FACT_FIELDS = {"BASE_SHA": "base_sha", "MERGE_SHA": "merge_sha", "BRANCH": "branch"}
 
 
@@ -381,9 +415,7 @@ class Recorder:
         #: phase -> its first failure.
         self.failures: dict[str, Failure] = {}
         self.last_item: dict[str, str] = {}
-        self.items: dict[str, pytest.Item] = {}
         self.ran = 0
-        self.sticky: set[str] = set()
         self.entered: list[str] = []
 
     # -- collection ---------------------------------------------------------------------
@@ -392,7 +424,6 @@ class Recorder:
             phase = phase_of(item)
             if phase:
                 self.last_item[phase] = item.nodeid
-                self.items[item.nodeid] = item
 
     # -- before each step ---------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
@@ -524,21 +555,6 @@ class Recorder:
         if passed:
             fields = {"step": step.name.split("[")[0], "service": step.service, **step.log_fields}
             self._log(step.phase, "step", **fields)
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Gap 2: a dependency name shared by several steps keeps its first failure.
-        item = self.items.get(report.nodeid)
-        marker = item.get_closest_marker("dependency") if item else None
-        name = marker.kwargs.get("name") if marker else None
-        if not name:
-            return
-        if report.failed:
-            self.sticky.add(name)
-        if name in self.sticky:
-            manager = DependencyManager.getManager(item, scope="session")
-            status = manager.results.get(name)
-            if status is not None:
-                status.results["call"] = "failed"
 
     # -- the end ------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)  # before pytest-html writes the report from our state

@@ -265,3 +265,22 @@ def test_a_held_lock_refuses_and_a_stale_one_is_taken_over(deploy, make_service)
     taken = run.event("prepare", "lock")
     assert taken["action"] == "took-over-stale" and "other-1" in taken["holder"]
     assert not lock_path.exists(), "the lock is released at the end"
+
+
+def test_an_unreachable_docker_engine_stops_preflight_changing_nothing(deploy, make_service):
+    web = make_service("web")
+    deploy.write_service(web)
+    deploy.commit("add web")
+    deploy.push()
+    deploy.clone_prod()
+    head = deploy.prod_repo.head.commit.hexsha
+    deploy.write("packages/web/notes.txt", "changed\n")
+    deploy.merge_feature("feature/10", "touch web")
+    run = engine.run(deploy.prod, "10", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert run.rc == 1, run
+    assert "Docker Engine is not reachable" in run.output
+    assert "nothing was pulled, backed up or restarted" in run.output
+    assert deploy.prod_repo.head.commit.hexsha == head
+    failed = run.event("prepare", "failed")
+    assert failed["step"] == "test_preflight"
+    assert not (deploy.prod / ".asd/workspace/backups").exists()

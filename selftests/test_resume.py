@@ -83,8 +83,11 @@ def test_verify_after_a_failed_migrate_is_refused(deploy, make_service):
         assert failed.state_path.read_text() == before
 
 
-def test_a_later_pass_does_not_hide_an_earlier_failure(deploy, make_service, docker_client):
-    """Gap 2: verify's checks share the dependency name; one failing keeps it failed."""
+def test_verify_runs_every_check_and_a_failed_one_fails_the_phase(
+    deploy, make_service, docker_client
+):
+    """web's checks pass after api's failed; the phase still ends failed (see also
+    test_dependency_gaps.py for the shared dependency name)."""
     services = v1_running_v2_merged(deploy, make_service)
     run = engine.run(deploy.prod, "1234")
     assert run.rc == 0, run

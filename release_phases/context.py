@@ -242,7 +242,7 @@ def snapshot_e2e(ctx: ReleaseContext, plan: Plan, ref: str) -> None:
         for name in files:
             target = root / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(ctx.git.show(ref, name) or "")
+            target.write_bytes(ctx.git.show_bytes(ref, name))
         plan.e2e[service] = root / "packages" / service / "e2e"
 
 

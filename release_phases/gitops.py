@@ -116,6 +116,12 @@ class Repo:
         except git.GitCommandError:
             return None
 
+    def show_bytes(self, ref: str, path: str) -> bytes:
+        """A file's exact content at `ref` (binary files included)."""
+        return self._git.show(
+            f"{ref}:{path}", stdout_as_string=False, strip_newline_in_stdout=False
+        )
+
     def exists(self, ref: str, path: str) -> bool:
         try:
             self._git.cat_file("-e", f"{ref}:{path}")

@@ -81,6 +81,12 @@ class ReportDetails:
         if report.skipped:
             self.not_run.append(NotRun(report.nodeid, _skip_reason(report)))
 
+    def pytest_html_results_table_html(self, report: pytest.TestReport, data: list[str]) -> None:
+        # A skipped row would show pytest's (file, line, reason) tuple; the reason is
+        # what the operator needs ("release halted: migrate failed on api").
+        if report.skipped and data and report.longreprtext:
+            data[0] = escape(_skip_reason(report)) + "\n"
+
     def pytest_html_results_summary(self, prefix: list[str], summary, postfix, session) -> None:
         prefix.append(f"<style>{STYLE}</style>{self.post_mortem()}")
 

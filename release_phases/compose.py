@@ -241,6 +241,21 @@ def up(
     ]
 
 
+def create(
+    compose: Compose,
+    project: str,
+    compose_file: Path,
+    containers: Sequence[str],
+    stop_timeout: int,
+) -> list[str]:
+    """Recreate ``containers`` without starting them (revert restores data first)."""
+    return [
+        *_project(compose, project, compose_file),
+        *("up", "--no-start", "--no-deps", "--force-recreate", "--timeout", str(stop_timeout)),
+        *containers,
+    ]
+
+
 def stop(
     compose: Compose,
     project: str,

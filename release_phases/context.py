@@ -50,6 +50,8 @@ class Options:
     container_prefix: str = ""
     script_timeout: float = 1800.0
     stop_timeout: int = 30
+    #: Seconds one compose command may take before it counts as hung.
+    compose_timeout: float = 600.0
     #: release, revert or return_to_main: which `-m` run this is.
     mode: str = "release"
     skip_git: bool = False
@@ -186,10 +188,43 @@ def check_repo(repo: Path) -> None:
         )
 
 
+def saved_if_any(ctx: ReleaseContext) -> statefile.State | None:
+    """The ticket's state file, or None; an unreadable one is an error, never ignored."""
+    if not ctx.state_path.exists():
+        return None
+    return ctx.saved_state()
+
+
+def finished(saved: statefile.State) -> bool:
+    """A release that completed, or was reverted: a new release may start afresh."""
+    return saved.phase_status == "done" and saved.phase in ("verify", "revert")
+
+
+def refuse_fresh_over(ctx: ReleaseContext, saved: statefile.State | None) -> None:
+    """A new prepare must not run over a release in progress: it would pull nothing and
+    replace the backups that revert needs."""
+    if saved is None or finished(saved) or not saved.done("prepare"):
+        return
+    where = f"PHASE={saved.phase} PHASE_STATUS={saved.phase_status} in {ctx.state_path}"
+    revert = f"pytest -m revert --ticket {ctx.ticket}"
+    if saved.phase == "revert":
+        raise ConfigError(
+            f"ticket {ctx.ticket} is being reverted ({where}); a release cannot start over it",
+            next_command=f"finish the revert: {revert}",
+        )
+    resume = next(p for p in PHASES if not saved.done(p))
+    raise ConfigError(
+        f"ticket {ctx.ticket} is in the middle of a release ({where}). Starting it again "
+        "from prepare would pull nothing and replace the backups a revert needs.",
+        next_command=f"resume: {ctx.options.command(f'--from={resume}')}   or roll back: {revert}",
+    )
+
+
 def plan_fresh(ctx: ReleaseContext) -> Plan:
     """Plan a release from prepare: what origin/BRANCH would bring in."""
     opts = ctx.options
     check_repo(ctx.repo)
+    refuse_fresh_over(ctx, saved_if_any(ctx))
     plan = Plan(start_phase="prepare")
     if opts.base_sha:
         base = ctx.git.resolve(opts.base_sha)
@@ -270,6 +305,14 @@ def plan_resume(ctx: ReleaseContext, start_phase: str) -> Plan:
     """Plan a run that starts at `start_phase` from the saved state."""
     check_repo(ctx.repo)
     saved = ctx.saved_state()
+    if saved.phase == "revert":
+        raise ConfigError(
+            f"ticket {ctx.ticket} was reverted (PHASE=revert PHASE_STATUS={saved.phase_status} "
+            f"in {ctx.state_path}): a reverted release cannot be resumed",
+            next_command=f"finish the revert if it failed (pytest -m revert --ticket "
+            f"{ctx.ticket}); to ship the ticket again, merge it again and run "
+            f"pytest -m release --ticket {ctx.ticket}",
+        )
     earlier = PHASES[: PHASES.index(start_phase)]
     missing = [p for p in earlier if not saved.done(p)]
     if missing:

@@ -154,6 +154,17 @@ class Repo:
         out = self._git.rev_list("--first-parent", f"{base}..{merge}")
         return [line for line in out.splitlines() if line]
 
+    def find_commit(self, since: str, line: str) -> str | None:
+        """The newest commit in since..HEAD whose message has exactly this line."""
+        out = self._git.log("--format=%H", "--fixed-strings", f"--grep={line}", f"{since}..HEAD")
+        found = [sha for sha in out.splitlines() if sha]
+        return found[0] if found else None
+
+    def staged_only(self) -> bool:
+        """Changes are all staged (what `git revert --no-commit` leaves), nothing else."""
+        lines = self.dirty()
+        return bool(lines) and all(line[0] not in " ?" and line[1] == " " for line in lines)
+
     def is_merge(self, sha: str) -> bool:
         return len(self._git.rev_list("--parents", "-n", "1", sha).split()) > 2
 

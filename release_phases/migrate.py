@@ -104,6 +104,7 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
             manifest.compose_file,
             manifest.containers,
             ctx.options.stop_timeout,
+            timeout=ctx.options.compose_timeout,
             stream=True,
         )
     except ReleaseError as exc:

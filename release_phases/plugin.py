@@ -37,10 +37,12 @@ from release_phases import PHASES, clock, eventlog, lock, selection, state
 from release_phases.context import (
     Options,
     ReleaseContext,
+    finished,
     plan_fresh,
     plan_resume,
     plan_return,
     plan_revert,
+    saved_if_any,
     validate_ticket,
 )
 from release_phases.errors import ConfigError, ReleaseError
@@ -95,6 +97,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "release_stop_timeout", "seconds compose waits for a container to stop before killing (30)"
     )
+    parser.addini("release_compose_timeout", "seconds one compose command may run (600)")
 
 
 def run_mode(config: pytest.Config) -> str | None:
@@ -130,6 +133,7 @@ def _options(config: pytest.Config, mode: str) -> Options:
         )
     script_timeout = _ini_number(config, "release_script_timeout", 1800)
     stop_timeout = int(_ini_number(config, "release_stop_timeout", 30))
+    compose_timeout = _ini_number(config, "release_compose_timeout", 600)
     return Options(
         ticket=ticket,
         repo=repo.resolve(),
@@ -140,6 +144,7 @@ def _options(config: pytest.Config, mode: str) -> Options:
         container_prefix=config.getini("container_prefix") or "",
         script_timeout=script_timeout,
         stop_timeout=stop_timeout,
+        compose_timeout=compose_timeout,
         mode=mode,
         skip_git=config.getoption("skip_git"),
         skip_data=config.getoption("skip_data"),
@@ -416,6 +421,7 @@ class Recorder:
         self.failures: dict[str, Failure] = {}
         self.last_item: dict[str, str] = {}
         self.ran = 0
+        self.replaces_release = False
         self.entered: list[str] = []
 
     # -- collection ---------------------------------------------------------------------
@@ -445,15 +451,23 @@ class Recorder:
             self.halted = "release halted: the lock is held by another release"
             raise
         try:
-            saved = self.ctx.saved_state()
-        except ConfigError as exc:
-            if self.ctx.state_path.exists():
-                # Unreadable: never overwrite what revert may need.
-                self.halted = "release halted: the state file is unreadable"
-                lock.release(self.ctx.lock_path, self.held.holder)
-                self.held = None
-                raise
-            del exc
+            saved = saved_if_any(self.ctx)
+        except ConfigError:
+            # Unreadable: never overwrite what revert may need.
+            self.halted = "release halted: the state file is unreadable"
+            lock.release(self.ctx.lock_path, self.held.holder)
+            self.held = None
+            raise
+        fresh = self.ctx.options.mode == "release" and self.ctx.plan.start_phase == "prepare"
+        if saved is not None and fresh and finished(saved):
+            # The ticket is released again after it completed or was reverted. Its old
+            # record is copied aside, and its per-release keys stay until the new pull
+            # succeeds (see _merge): a release that pulls nothing must not cost the
+            # old one its revert.
+            kept = self.ctx.state_path.with_name(f"{self.ctx.ticket}.env.{clock.stamp()}")
+            shutil.copy2(self.ctx.state_path, kept)
+            self.replaces_release = True
+        if saved is None:
             saved = state.State(ticket=self.ctx.ticket, branch=self.ctx.options.branch)
         self.ctx.state = saved
         self.ctx.previous = copy.deepcopy(saved)
@@ -543,6 +557,9 @@ class Recorder:
 
     def _merge(self, step: Step, passed: bool) -> None:
         st = self.ctx.state
+        if self.replaces_release and "MERGE_SHA" in step.facts:
+            st.services, st.backups, st.extra = [], {}, {}
+            self.replaces_release = False
         for key, value in step.facts.items():
             if key == "SERVICES":
                 st.services = value.split()

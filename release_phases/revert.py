@@ -51,7 +51,7 @@ def preflight(ctx: ReleaseContext) -> list[str]:
         and before.phase_status != "done"
         and not before.extra.get("REVERT_SHA")
     )
-    if dirty and half_done and not ctx.options.skip_git:
+    if dirty and half_done and not ctx.options.skip_git and ctx.git.staged_only():
         # Our own revert, interrupted before its commit: drop it and apply it again.
         ctx.runner.run(gitops.abort_revert_argv(ctx.repo))
         lines.append("dropped a revert left half-applied by an interrupted run")
@@ -66,28 +66,45 @@ def preflight(ctx: ReleaseContext) -> list[str]:
     return lines
 
 
+def trailer(ctx: ReleaseContext) -> str:
+    """The line that marks a revert commit as this release's, whatever its sha becomes."""
+    return f"Release-Phases-Revert: {ctx.ticket} {ctx.state.merge_sha}"
+
+
 def revert_code(ctx: ReleaseContext) -> tuple[str, list[str]]:
-    """A local commit undoing BASE_SHA..MERGE_SHA; returns it and the argvs run."""
+    """A local commit undoing BASE_SHA..MERGE_SHA; returns it and the argvs run.
+
+    An earlier run's revert commit is found by its trailer in MERGE_SHA..HEAD, so a
+    rerun does not revert twice, even after `git pull --rebase` gave it a new sha.
+    """
     st = ctx.state
     head = ctx.git.head()
-    done = st.extra.get("REVERT_SHA")
-    if done and ctx.git.is_ancestor(done, head):
-        return done, []
-    chain = ctx.git.first_parent_chain(st.base_sha, st.merge_sha)
-    if not chain:
-        raise ReleaseError(f"BASE_SHA..MERGE_SHA holds no commit: {st.base_sha}..{st.merge_sha}")
     if not ctx.git.is_ancestor(st.merge_sha, head):
         raise ReleaseError(
             f"MERGE_SHA {st.merge_sha} is not in the history of HEAD {head}",
             untouched="everything: nothing was reverted",
             next_command=f"check `git -C {ctx.repo} log`; for a hotfix without a merge use "
             + ctx.options.command("--skip-git"),
+            step="git-revert",
+        )
+    done = ctx.git.find_commit(st.merge_sha, trailer(ctx))
+    if done:
+        return done, []
+    chain = ctx.git.first_parent_chain(st.base_sha, st.merge_sha)
+    if not chain:
+        raise ReleaseError(
+            f"BASE_SHA..MERGE_SHA holds no commit: {st.base_sha}..{st.merge_sha}",
+            untouched="everything: nothing was reverted",
+            next_command=f"check {ctx.state_path}; to restore data and containers only: "
+            + ctx.options.command("--skip-git"),
+            step="git-revert",
         )
     argvs = [gitops.revert_argv(ctx.repo, sha, merge=ctx.git.is_merge(sha)) for sha in chain]
     how = "merge commit" if len(chain) == 1 and ctx.git.is_merge(chain[0]) else "range"
     message = (
         f"Revert ticket {ctx.ticket}: undo {st.base_sha[:12]}..{st.merge_sha[:12]} ({how})\n\n"
-        f"Released as MERGE_SHA {st.merge_sha} on top of BASE_SHA {st.base_sha}."
+        f"Released as MERGE_SHA {st.merge_sha} on top of BASE_SHA {st.base_sha}.\n\n"
+        f"{trailer(ctx)}"
     )
     argvs.append(gitops.commit_argv(ctx.repo, message))
     for argv in argvs:
@@ -125,8 +142,26 @@ def _containers_of(ctx: ReleaseContext, service: str, manifest: Manifest | None)
 
 
 def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
-    """Stop the service, restore its backup, bring it back at the reverted code, healthy."""
+    """Stop, recreate at the reverted code without starting, restore, start, wait healthy.
+
+    The data goes back into containers that are created but not yet started: the
+    old code never sees the new data, and paths restored into a container's own
+    filesystem survive (a recreate after the restore would discard them).
+    """
     manifest = _service_manifest(ctx, service)
+    stamp = ctx.state.backups.get(service)
+    restoring = not ctx.options.skip_data and manifest is not None
+    if restoring:
+        if stamp is None:
+            raise ReleaseError(
+                f"{service} has no backup in BACKUPS of {ctx.state_path}",
+                untouched=f"{service}: its containers and data, nothing was stopped",
+                next_command=ctx.options.command("--skip-data")
+                + "   (only if its data was not touched)",
+                step="restore",
+            )
+        # Before anything stops: a damaged backup must not leave the service down.
+        backup.verify(ctx.backups_root, service, stamp)
     containers = _containers_of(ctx, service, manifest)
     for c in containers:
         c.stop(timeout=ctx.options.stop_timeout)
@@ -136,45 +171,31 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
             c.remove()
         step.detail("removed", f"{service} did not exist before the release: removed")
         return
-    project = compose.project_name(manifest.compose_file)
-    stamp = ctx.state.backups.get(service)
-    if ctx.options.skip_data:
-        step.detail("data", "--skip-data: the backup was not restored")
-    elif stamp is None:
-        raise ReleaseError(
-            f"{service} has no backup in BACKUPS of {ctx.state_path}",
-            untouched=f"{service}'s data; its containers are stopped",
-            next_command=ctx.options.command("--skip-data") + "   (if its data was not touched)",
-            step="restore",
-        )
-    else:
-        report = backup.restore(ctx.docker, manifest, project, ctx.backups_root, stamp)
-        step.detail("restore", "\n".join(report.actions) + f"\nundo: stamp {report.undo_stamp}")
     comp = compose.detect(ctx.runner)
-    argv = compose.up(
-        comp, project, manifest.compose_file, manifest.containers, ctx.options.stop_timeout
-    )
-    result = compose.recreate(
-        ctx.runner,
-        comp,
-        project,
-        manifest.compose_file,
-        manifest.containers,
-        ctx.options.stop_timeout,
-        stream=True,
-    )
-    step.detail("compose up", f"$ {render(argv)}\n{result.output}")
+    project = compose.project_name(manifest.compose_file)
+    args = (comp, project, manifest.compose_file, manifest.containers)
+    create = compose.create(*args, ctx.options.stop_timeout)
+    created = ctx.runner.run(create, timeout=ctx.options.compose_timeout, stream=True)
+    step.detail("compose up --no-start", f"$ {render(create)}\n{created.output}")
+    if restoring:
+        try:
+            report = backup.restore(ctx.docker, manifest, project, ctx.backups_root, stamp)
+        except ReleaseError as exc:
+            exc.untouched = f"{service} is stopped at the reverted code; {exc.untouched}"
+            exc.step = "restore"
+            raise
+        step.detail("restore", "\n".join(report.actions) + f"\nundo: stamp {report.undo_stamp}")
+    else:
+        step.detail("data", "--skip-data: the backup was not restored")
+    start = compose.start(*args)
+    started = ctx.runner.run(start, timeout=ctx.options.compose_timeout)
+    step.detail("compose start", f"$ {render(start)}\n{started.output}")
     probed = health.wait_healthy(
         manifest.health.endpoint, manifest.health.expected_code, manifest.health.timeout
     )
     step.detail("health probes", probe_table(probed))
     if not probed.ok:
-        step.detail(
-            "container logs",
-            compose.container_logs(
-                ctx.runner, comp, project, manifest.compose_file, manifest.containers
-            ),
-        )
+        step.detail("container logs", compose.container_logs(ctx.runner, *args))
         raise ReleaseError(
             f"{service} is back at the old code but not healthy: {probed.summary}",
             untouched="the services after it in the revert order",

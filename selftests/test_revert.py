@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from release_phases import state as statefile
 from selftests.support import engine
 from selftests.support.scenario import v1_running_v2_merged
 
@@ -173,9 +174,12 @@ def test_a_revert_killed_mid_restore_is_finished_by_a_rerun(
     deadline = time.monotonic() + 60
     # kill -9 once the first service's restore step has begun
     while time.monotonic() < deadline:
-        if "step=test_revert_code" in log.read_text():
+        if log.exists() and "step=test_revert_code" in log.read_text():
             break
         time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the revert never reached its restore step")
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -216,3 +220,74 @@ def test_a_dirty_worktree_is_refused_and_left_alone(deploy, make_service):
     assert "not clean" in run.output and "packages/api/manifest.yaml" in run.output
     assert edited.read_text().endswith("# an operator's edit\n")
     assert deploy.prod_repo.head.commit.hexsha == head
+
+
+def test_paths_inside_the_container_are_restored_too(deploy, make_service, docker_client):
+    services = v1_running_v2_merged(deploy, make_service, ("web",), paths=("/data/state",))
+    web = services["web"]
+    _container(docker_client, web).exec_run(
+        ["sh", "-c", "mkdir -p /data/state && echo before > /data/state/f"]
+    )
+    assert engine.run(deploy.prod, "1234").rc == 0
+    # the release recreated the container: its filesystem is the new image's
+    _container(docker_client, web).exec_run(
+        ["sh", "-c", "mkdir -p /data/state && echo after > /data/state/f"]
+    )
+    run = engine.run(deploy.prod, "1234", mode="revert")
+    assert run.rc == 0, run
+    code, out = _container(docker_client, web).exec_run(["cat", "/data/state/f"])
+    assert (code, out) == (0, b"before\n")
+
+
+def test_a_half_applied_revert_left_by_a_crash_is_redone(deploy, make_service):
+    v1_running_v2_merged(deploy, make_service, ("api",))
+    release = engine.run(deploy.prod, "1234")
+    assert release.rc == 0, release
+    # What a kill -9 between `git revert --no-commit` and its commit leaves behind.
+    deploy.prod_repo.git.revert("--no-commit", "-m", "1", release.state.merge_sha)
+    st = release.state
+    st.begin("revert", "2026-11-27T00:00:00Z")
+    statefile.write(release.state_path, st)
+    run = engine.run(deploy.prod, "1234", mode="revert")
+    assert run.rc == 0, run
+    assert "dropped a revert left half-applied" in run.output or run.event("revert", "done")
+    reverts = [
+        c
+        for c in deploy.prod_repo.iter_commits("HEAD", max_count=5)
+        if c.message.startswith("Revert ticket 1234")
+    ]
+    assert len(reverts) == 1
+    assert not deploy.prod_repo.is_dirty()
+
+
+def test_a_rereleased_ticket_is_reverted_again_not_skipped(deploy, make_service, docker_client):
+    services = v1_running_v2_merged(deploy, make_service, ("web",))
+    web = services["web"]
+    assert engine.run(deploy.prod, "1234").rc == 0
+    assert engine.run(deploy.prod, "1234", mode="revert").rc == 0
+    # The fix is merged under the same ticket and released again, at tag 3.
+    deploy.dev_repo.git.pull("origin", "main")
+    web.tag = "3"
+    make_service("web", "3")
+    deploy.write_service(web)
+    deploy.merge_feature("feature/1234-fix", "ticket 1234: web to 3")
+    again = engine.run(deploy.prod, "1234")
+    assert again.rc == 0, again
+    assert "REVERT_SHA" not in again.state_path.read_text()
+    assert list((deploy.prod / ".asd/workspace/releases").glob("1234.env.*")), "old record kept"
+    run = engine.run(deploy.prod, "1234", mode="revert")
+    assert run.rc == 0, run
+    # Back to what ran before the second release: tag 1, as the first revert left it.
+    running = _container(docker_client, web).image.id
+    assert running == docker_client.images.get(f"{web.repository}:1").id
+    assert deploy.prod_repo.head.commit.parents[0].hexsha == again.state.merge_sha
+
+
+def test_a_reverted_release_cannot_be_resumed(deploy, make_service):
+    v1_running_v2_merged(deploy, make_service, ("api",))
+    assert engine.run(deploy.prod, "1234").rc == 0
+    assert engine.run(deploy.prod, "1234", mode="revert").rc == 0
+    for how in (("--from=verify",), ("-k", "verify")):
+        run = engine.run(deploy.prod, "1234", *how)
+        assert run.rc == 4, run
+        assert "was reverted" in run.output

@@ -455,7 +455,7 @@ class Recorder:
         except ConfigError:
             # Unreadable: never overwrite what revert may need.
             self.halted = "release halted: the state file is unreadable"
-            lock.release(self.ctx.lock_path, self.held.holder)
+            lock.release(self.held)
             self.held = None
             raise
         fresh = self.ctx.options.mode == "release" and self.ctx.plan.start_phase == "prepare"
@@ -579,7 +579,7 @@ class Recorder:
         if self.held is not None:
             if self.open_phase is not None and self.open_phase in self.failures:
                 self._finish(self.open_phase)
-            lock.release(self.ctx.lock_path, self.held.holder)
+            lock.release(self.held)
         if self.ran == 0 and not self.config.option.collectonly and exitstatus == 0:
             session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
 

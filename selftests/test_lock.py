@@ -1,58 +1,97 @@
-"""The release lock, with real processes."""
+"""The release lock, with real processes contending for it."""
 
 from __future__ import annotations
 
-import json
 import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
 from release_phases import lock
 from release_phases.errors import ReleaseError
 
-
-def test_a_second_holder_is_refused_with_who_holds_it(tmp_path):
-    path = tmp_path / ".lock"
-    child = subprocess.Popen(["sleep", "30"])
+HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from release_phases import lock
     try:
-        held = lock.me("111")
-        held = lock.Holder("111", child.pid, held.host, held.started, lock._proc_start(child.pid))
-        path.write_text(json.dumps(held.__dict__))
+        held = lock.acquire(Path(sys.argv[1]), sys.argv[2])
+    except Exception as exc:
+        print("refused", flush=True)
+        sys.exit(3)
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+    """
+)
+
+
+def _holder(path: Path, ticket: str, seconds: float = 60) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path), ticket, str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_run_is_refused_with_who_holds_it(tmp_path):
+    path = tmp_path / ".lock"
+    proc = _holder(path, "111")
+    try:
         with pytest.raises(ReleaseError) as err:
             lock.acquire(path, "222")
         message = str(err.value)
-        assert "ticket 111" in message and f"pid {child.pid}" in message and held.host in message
+        assert "ticket 111" in message and f"pid {proc.pid}" in message
+        assert "changed nothing" in message
     finally:
-        child.kill()
-        child.wait()
+        proc.kill()
+        proc.wait()
+
+
+def test_a_run_that_died_holding_the_lock_leaves_it_stale_and_taken_over(tmp_path):
+    path = tmp_path / ".lock"
+    proc = _holder(path, "111")
+    proc.kill()  # kill -9: no chance to release
+    proc.wait()
     got = lock.acquire(path, "222")
     assert got.took_over is not None and got.took_over.ticket == "111"
     assert lock.read(path).ticket == "222"
-    lock.release(path, got.holder)
-    assert not path.exists()
+    lock.release(got)
+    assert lock.read(path) is None, "released: the file says nobody holds it"
 
 
-def test_a_recycled_pid_does_not_keep_a_lock_alive(tmp_path):
+def test_a_lock_file_cut_short_by_a_crash_is_stale(tmp_path):
     path = tmp_path / ".lock"
-    me = lock.me("1")
-    # Our own pid but another process start time: the recorded holder is gone.
-    path.write_text(json.dumps({**me.__dict__, "pid": 1, "proc_start": "0"}))
-    got = lock.acquire(path, "2")
-    assert got.took_over is not None
-
-
-def test_a_lock_cut_short_by_a_crash_is_stale(tmp_path):
-    path = tmp_path / ".lock"
-    path.write_text("")
+    path.write_text('{"ticket": "9", "pi')
     got = lock.acquire(path, "3")
-    assert got.took_over is not None
-    assert lock.read(path).ticket == "3"
+    assert got.took_over is not None and got.took_over.ticket == "?"
+    lock.release(got)
 
 
-def test_release_leaves_someone_elses_lock_alone(tmp_path):
+def test_the_same_process_cannot_take_it_twice(tmp_path):
     path = tmp_path / ".lock"
     got = lock.acquire(path, "1")
-    other = lock.Holder("9", got.holder.pid + 1, got.holder.host, got.holder.started)
-    path.write_text(json.dumps(other.__dict__))
-    lock.release(path, got.holder)
-    assert path.exists()
+    try:
+        with pytest.raises(ReleaseError, match="ticket 1"):
+            lock.acquire(path, "2")
+    finally:
+        lock.release(got)
+    lock.release(lock.acquire(path, "2"))
+
+
+def test_of_many_contenders_exactly_one_wins(tmp_path):
+    path = tmp_path / ".lock"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(path), f"t{i}", "2"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
+    outcomes = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert sorted(outcomes) == ["held"] + ["refused"] * 7, outcomes

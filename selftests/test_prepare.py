@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -225,6 +222,16 @@ def test_collect_only_is_a_dry_run(deploy, two_services, docker_client):
     assert ours() == containers
 
 
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from release_phases import lock
+lock.acquire(Path(sys.argv[1]), "other-1")
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
 def test_a_held_lock_refuses_and_a_stale_one_is_taken_over(deploy, make_service):
     web = make_service("web")
     deploy.write_service(web)
@@ -234,22 +241,11 @@ def test_a_held_lock_refuses_and_a_stale_one_is_taken_over(deploy, make_service)
     deploy.write("packages/web/notes.txt", "changed\n")
     deploy.merge_feature("feature/9", "touch web")
     lock_path = deploy.prod / ".asd/workspace/releases/.lock"
-    lock_path.parent.mkdir(parents=True)
-    holder = subprocess.Popen(["sleep", "60"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
-        stat = Path(f"/proc/{holder.pid}/stat").read_text()
-        proc_start = stat.rsplit(")", 1)[1].split()[19]
-        lock_path.write_text(
-            json.dumps(
-                {
-                    "ticket": "other-1",
-                    "pid": holder.pid,
-                    "host": os.uname().nodename,
-                    "started": "2026-05-18T15:29:00Z",
-                    "proc_start": proc_start,
-                }
-            )
-        )
+        assert holder.stdout.readline().strip() == "held"
         head = deploy.prod_repo.head.commit.hexsha
         run = engine.run(deploy.prod, "9")
         assert run.rc != 0
@@ -257,14 +253,14 @@ def test_a_held_lock_refuses_and_a_stale_one_is_taken_over(deploy, make_service)
         assert deploy.prod_repo.head.commit.hexsha == head
         assert not run.state_path.exists()
     finally:
-        holder.kill()
+        holder.kill()  # kill -9: it dies holding the lock
         holder.wait()
     # the holder is dead now: its lock is stale
     run = engine.run(deploy.prod, "9")
     assert run.state.done("prepare"), run
     taken = run.event("prepare", "lock")
     assert taken["action"] == "took-over-stale" and "other-1" in taken["holder"]
-    assert not lock_path.exists(), "the lock is released at the end"
+    assert lock_path.read_text() == "", "the lock is released at the end"
 
 
 def test_an_unreachable_docker_engine_stops_preflight_changing_nothing(deploy, make_service):

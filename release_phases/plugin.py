@@ -304,8 +304,10 @@ class Selection:
         # apply it again after us.
         config.option.keyword = ""
         self.totals = _count([i for i in items if i not in empty])
+        if drop:
+            config.hook.pytest_deselected(items=drop)
         if drop or empty:
-            config.hook.pytest_deselected(items=drop + empty)
+            # A per-service step with no service is not a step at all: dropped quietly.
             items[:] = keep
 
     def _keyword_allows(self, item: pytest.Item) -> bool:
@@ -422,6 +424,7 @@ class Recorder:
         self.last_item: dict[str, str] = {}
         self.ran = 0
         self.replaces_release = False
+        self.deselected: set[str] = set()
         self.entered: list[str] = []
 
     # -- collection ---------------------------------------------------------------------
@@ -574,8 +577,26 @@ class Recorder:
             self._log(step.phase, "step", **fields)
 
     # -- the end ------------------------------------------------------------------------
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected.update(p for p in map(phase_of, items) if p)
+
+    def _complete_empty_tail(self) -> None:
+        """Phases after the last one that ran, with no step at all (not deselected ones),
+        happen empty: a ticket-script-only release still verifies nothing and completes."""
+        phases = self.ctx.phases
+        tail = phases[phases.index(self.entered[-1]) + 1 :]
+        if any(p in self.deselected or p in self.last_item for p in tail):
+            return
+        if self.open_phase is not None:
+            self._finish(self.open_phase)
+        for phase in tail:
+            self._begin(phase)
+            self._finish(phase)
+
     @pytest.hookimpl(tryfirst=True)  # before pytest-html writes the report from our state
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.held is not None and self.entered and not self.failures and exitstatus == 0:
+            self._complete_empty_tail()
         if self.held is not None:
             if self.open_phase is not None and self.open_phase in self.failures:
                 self._finish(self.open_phase)
@@ -615,9 +636,9 @@ class Recorder:
                 return f"FAILED in {phase}" + (f" on {service}" if service else "")
         if self.ran == 0:
             return "NOTHING RAN"
-        last = [p for p in self.ctx.phases if p in self.last_item]
-        if last and last[-1] == self.ctx.phases[-1]:
+        if self.entered and self.entered[-1] == self.ctx.phases[-1]:
             return "COMPLETE"
+        last = self.entered
         return f"stopped after {last[-1] if last else '?'} (phases after it were not selected)"
 
     def next_command(self) -> str:

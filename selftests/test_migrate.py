@@ -216,3 +216,17 @@ def test_from_migrate_resumes_with_the_state_files_services(
     assert not [e for e in run.events[seen:] if e["phase"] == "prepare"]
     for svc in services.values():
         assert _container(docker_client, svc).image.id == docker_client.images.get(svc.image).id
+
+
+def test_a_ticket_script_only_release_runs_every_phase_and_completes(deploy):
+    deploy.clone_prod()
+    deploy.write("releases/1234-reindex.sh", "echo reindexed > .asd/reindexed\n")
+    deploy.merge_feature("feature/1234", "ticket 1234: reindex only")
+    run = engine.run(deploy.prod, "1234")
+    assert run.rc == 0, run
+    assert (run.state.phase, run.state.phase_status) == ("verify", "done")
+    assert run.state.services == []
+    for phase in ("prepare", "migrate", "ticket", "verify"):
+        assert run.event(phase, "done"), phase
+    assert (deploy.prod / ".asd/reindexed").read_text() == "reindexed\n"
+    assert "ticket 1234: COMPLETE" in run.output

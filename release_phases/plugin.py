@@ -655,6 +655,13 @@ class Recorder:
             return f"fix the cause, then {opts.command(f'--from={phase}')}   or roll back: {revert}"
         if self.held is None:
             return f"see the error above, then {opts.command()}"
+        drift = self.ctx.state.extra.get("DRIFT") if self.ctx.state else None
+        if opts.mode == "return_to_main" and drift:
+            since = self.ctx.state.extra.get("HOTFIX_SHA", "<hotfix sha>")
+            return (
+                f"release what main has beyond the hotfix ({drift}): "
+                f"pytest -m release --ticket <id> --base-sha {since}"
+            )
         if opts.mode != "release":
             return "nothing"
         return f"nothing; to roll back this release: {revert}"

@@ -26,11 +26,23 @@ def check_merged(ctx: ReleaseContext) -> tuple[str, str]:
             next_command="commit, stash or remove those changes, then pytest -m return_to_main",
         )
     branch = ctx.git.branch() or "(detached HEAD)"
+    if branch == MAIN:
+        raise ReleaseError(
+            f"{ctx.repo} is already on {MAIN}: there is no hotfix to return from, and "
+            f"pulling {MAIN} here would put unreleased code on prod",
+            untouched="everything: prod stays where it is",
+            next_command="to ship what is new on main, release its ticket: "
+            "pytest -m release --ticket <id>",
+        )
     deployed = ctx.git.head()
     ctx.git.fetch()
     main = ctx.git.resolve(f"origin/{MAIN}")
     if main is None:
-        raise ReleaseError("origin has no main branch", untouched="everything")
+        raise ReleaseError(
+            f"origin has no {MAIN} branch to return to",
+            untouched=f"everything: prod stays on {branch}",
+            next_command=f"check `git -C {ctx.repo} remote show origin`",
+        )
     if not ctx.git.is_ancestor(deployed, main):
         raise ReleaseError(
             f"{branch} is not merged into origin/{MAIN}: the deployed commit {deployed[:12]} "
@@ -42,7 +54,14 @@ def check_merged(ctx: ReleaseContext) -> tuple[str, str]:
 
 
 def switch_to_main(ctx: ReleaseContext) -> str:
-    ctx.runner.run(gitops.checkout_argv(ctx.repo, MAIN))
+    checkout = ctx.runner.run(gitops.checkout_argv(ctx.repo, MAIN), check=False)
+    if not checkout.ok:
+        raise ReleaseError(
+            f"`git checkout {MAIN}` failed:\n{checkout.tail(15)}",
+            untouched=f"prod stays on {ctx.git.branch()}",
+            next_command="fix the cause (git status), then pytest -m return_to_main",
+            rc=checkout.returncode,
+        )
     result = ctx.git.pull(MAIN)
     if not result.ok:
         raise ReleaseError(

@@ -91,6 +91,15 @@ def test_hotfix_lifecycle_release_then_return_to_main(deploy, hotfix, docker_cli
     assert not prod.is_dirty()
     assert all(f.startswith((".asd/", "reports/")) for f in prod.untracked_files)
     assert "needs a release (differs from main): api" in result.stdout
+    assert f"--base-sha {deployed}" in result.stdout
     state = engine.Run([], 0, "", deploy.prod, "return-to-main").state
     assert state.extra["HOTFIX_SHA"] == deployed and state.extra["DRIFT"] == "api"
     assert state.branch == "main"
+
+
+def test_return_to_main_on_main_is_refused(deploy, hotfix):
+    head = deploy.prod_repo.head.commit.hexsha
+    result = _just(deploy, "release-return-to-main")
+    assert result.returncode == 1, result.stdout
+    assert "already on main" in result.stdout
+    assert deploy.prod_repo.head.commit.hexsha == head

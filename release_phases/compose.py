@@ -256,6 +256,13 @@ def create(
     ]
 
 
+def pull(
+    compose: Compose, project: str, compose_file: Path, containers: Sequence[str]
+) -> list[str]:
+    """Fetch the images ``containers`` need from their registry."""
+    return [*_project(compose, project, compose_file), "pull", *containers]
+
+
 def stop(
     compose: Compose,
     project: str,

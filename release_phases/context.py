@@ -52,6 +52,8 @@ class Options:
     stop_timeout: int = 30
     #: Seconds one compose command may take before it counts as hung.
     compose_timeout: float = 600.0
+    #: Try `docker compose pull` for images missing on the host.
+    pull: bool = True
     #: release, revert or return_to_main: which `-m` run this is.
     mode: str = "release"
     skip_git: bool = False

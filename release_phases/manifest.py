@@ -132,7 +132,10 @@ def parse(
         ) from None
     r = _Reader(source, data)
     image_name = r.get("image.name", str)
-    image_tag = r.get("image.tag", (str, int, float))
+    if isinstance(r.get("image.tag", object), float):
+        # YAML reads `tag: 1.10` as the number 1.1: the tag must be quoted.
+        raise r.error("image.tag", 'is a number; quote it (tag: "1.10"), YAML would change it')
+    image_tag = r.get("image.tag", (str, int))
     if not image_name.strip():
         raise r.error("image.name", "must not be empty")
     endpoint = r.get("health.endpoint", str)

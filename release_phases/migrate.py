@@ -23,6 +23,25 @@ def hooks_of(manifest: Manifest) -> list[scripts.Script]:
     return [hook for hook in found if hook is not None]
 
 
+def absent_images(ctx: ReleaseContext, manifest: Manifest) -> tuple[list[str], str]:
+    """Images the service needs that are not on this host, after trying to pull them.
+
+    Returns them with the pull's output (empty when no pull was tried). Pulling is
+    skipped with the ini option `release_pull = false` (hosts without a registry).
+    """
+    comp = compose.detect(ctx.runner)
+    project = compose.project_name(manifest.compose_file)
+    args = (comp, project, manifest.compose_file, manifest.containers)
+    absent = compose.missing_images(ctx.docker, *args, runner=ctx.runner)
+    if not absent or not ctx.options.pull:
+        return absent, ""
+    argv = compose.pull(*args)
+    result = ctx.runner.run(argv, check=False, timeout=ctx.options.compose_timeout)
+    return compose.missing_images(ctx.docker, *args, runner=ctx.runner), (
+        f"$ {render(argv)}\n{result.output}"
+    )
+
+
 def ready(ctx: ReleaseContext, services: list[str]) -> list[str]:
     """Before any container is touched: Compose v2, every image, every script runtime."""
     comp = compose.detect(ctx.runner)
@@ -31,24 +50,24 @@ def ready(ctx: ReleaseContext, services: list[str]) -> list[str]:
     needed: list[scripts.Script] = []
     for service in services:
         manifest = ctx.manifest(service)
-        project = compose.project_name(manifest.compose_file)
-        absent = compose.missing_images(
-            ctx.docker,
-            comp,
-            project,
-            manifest.compose_file,
-            manifest.containers,
-            runner=ctx.runner,
-        )
+        absent, pulled = absent_images(ctx, manifest)
         missing += [f"{image} (for {service})" for image in absent]
+        if pulled:
+            lines.append(pulled)
         needed += hooks_of(manifest)
-        lines.append(f"{service}: project {project}, containers {' '.join(manifest.containers)}")
+        lines.append(
+            f"{service}: compose file {manifest.compose_file.name}, "
+            f"containers {' '.join(manifest.containers)}"
+        )
     needed += scripts.find_ticket_scripts(ctx.repo, ctx.ticket)
     if missing:
         raise ReleaseError(
-            "images are not present on this host: " + ", ".join(missing),
+            "images are not present on this host"
+            + (" and could not be pulled" if ctx.options.pull else "")
+            + ": "
+            + ", ".join(missing),
             untouched="every container: nothing was recreated",
-            next_command="build or `docker load` those images on this host, then "
+            next_command="build, `docker load` or push those images, then "
             + ctx.options.command("--from=migrate"),
             step="images",
         )
@@ -82,9 +101,9 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
     comp = compose.detect(ctx.runner)
     project = compose.project_name(manifest.compose_file)
     resume = ctx.options.command("--from=migrate")
-    absent = compose.missing_images(
-        ctx.docker, comp, project, manifest.compose_file, manifest.containers, runner=ctx.runner
-    )
+    absent, pulled = absent_images(ctx, manifest)
+    if pulled:
+        step.detail("compose pull", pulled)
     if absent:
         raise ReleaseError(
             f"{service}: image {', '.join(absent)} is not present on this host",

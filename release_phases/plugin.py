@@ -98,6 +98,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "release_stop_timeout", "seconds compose waits for a container to stop before killing (30)"
     )
     parser.addini("release_compose_timeout", "seconds one compose command may run (600)")
+    parser.addini(
+        "release_pull",
+        "pull images missing on the host before recreating (true; false without a registry)",
+        type="bool",
+        default=True,
+    )
 
 
 def run_mode(config: pytest.Config) -> str | None:
@@ -145,6 +151,7 @@ def _options(config: pytest.Config, mode: str) -> Options:
         script_timeout=script_timeout,
         stop_timeout=stop_timeout,
         compose_timeout=compose_timeout,
+        pull=config.getini("release_pull"),
         mode=mode,
         skip_git=config.getoption("skip_git"),
         skip_data=config.getoption("skip_data"),

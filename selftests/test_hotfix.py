@@ -18,7 +18,7 @@ def _just(deploy, *args: str) -> subprocess.CompletedProcess:
     just = shutil.which("just")
     assert just, "just is installed by .ci/setup (PyPI rust-just)"
     return subprocess.run(
-        [just, "-f", str(REPO_ROOT / "justfile"), *args, "-o", "release_stop_timeout=1"],
+        [just, "-f", str(REPO_ROOT / "justfile"), *args, *engine.TEST_INI],
         cwd=deploy.prod,
         capture_output=True,
         text=True,

@@ -156,17 +156,7 @@ def test_a_revert_killed_mid_restore_is_finished_by_a_rerun(
     deploy, released_with_data, docker_client
 ):
     services, _, before_data = released_with_data
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-m",
-        "revert",
-        "--ticket",
-        "1234",
-        "-o",
-        "release_stop_timeout=1",
-    ]
+    argv = [sys.executable, "-m", "pytest", "-m", "revert", "--ticket", "1234", *engine.TEST_INI]
     proc = subprocess.Popen(
         argv, cwd=deploy.prod, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

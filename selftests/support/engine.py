@@ -45,6 +45,11 @@ class Run:
         return f"$ {' '.join(self.argv)}  -> rc {self.rc}\n{self.output}"
 
 
+#: busybox httpd as PID 1 ignores SIGTERM, so waiting the default 30 s for each stop
+#: would only slow the tests down; and there is no registry here to pull from.
+TEST_INI = ["-o", "release_stop_timeout=1", "-o", "release_pull=false"]
+
+
 def run(
     repo: Path,
     ticket: str,
@@ -53,8 +58,6 @@ def run(
     timeout: float = 600,
     env: dict[str, str] | None = None,
 ) -> Run:
-    # busybox httpd as PID 1 ignores SIGTERM: waiting the default 30 s for each
-    # stop would only slow the tests down.
     argv = [
         sys.executable,
         "-m",
@@ -63,8 +66,7 @@ def run(
         mode,
         "--ticket",
         ticket,
-        "-o",
-        "release_stop_timeout=1",
+        *TEST_INI,
         *args,
     ]
     full_env = {**os.environ, **(env or {})}

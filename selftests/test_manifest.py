@@ -1,0 +1,59 @@
+"""manifest.yaml: defaults, and errors that name the file and the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from release_phases import manifest
+from release_phases.errors import ConfigError
+
+GOOD = """
+image: {name: demo/web, tag: "2"}
+health: {endpoint: "http://127.0.0.1:18080/health"}
+"""
+
+
+def _load(tmp_path, text: str, files=("compose.yaml",)):
+    pkg = tmp_path / "packages" / "web"
+    pkg.mkdir(parents=True)
+    for name in files:
+        (pkg / name).write_text("services: {}\n")
+    (pkg / "manifest.yaml").write_text(text)
+    return manifest.load(tmp_path, "web")
+
+
+def test_defaults(tmp_path):
+    m = _load(tmp_path, GOOD)
+    assert m.image.ref == "demo/web:2"
+    assert m.containers == ("web",)
+    assert (m.health.expected_code, m.health.timeout) == (200, 120.0)
+    assert m.compose_file.name == "compose.yaml"
+    assert m.backup.empty and not m.e2e_enabled
+
+
+def test_the_compose_file_is_found_by_its_usual_names(tmp_path):
+    m = _load(tmp_path, GOOD, files=("docker-compose.yml",))
+    assert m.compose_file.name == "docker-compose.yml"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("image: {name: demo/web}\nhealth: {endpoint: 'http://x/h'}\n", "image.tag is required"),
+        ("image: {name: demo/web, tag: 1.10}\nhealth: {endpoint: 'http://x/h'}\n", "image.tag"),
+        (GOOD + "health: {endpoint: 'http://x/h', timeout: true}\n", "health.timeout must be"),
+        ("image: {name: a, tag: '1'}\nhealth: {endpoint: 'ftp://x'}\n", "health.endpoint"),
+        (GOOD + "containers: web\n", "containers must be list"),
+        (GOOD + "containers: [web, 3]\n", "containers[1]"),
+        (GOOD + "compose_file: other.yaml\n", "compose_file names other.yaml"),
+        (GOOD + "backup: {volumes: [data, '']}\n", "backup.volumes[1]"),
+        (GOOD + "e2e: {enabled: yes please}\n", "e2e.enabled"),
+        ("- a list\n", "must be a mapping"),
+    ],
+)
+def test_mistakes_name_the_file_and_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, text)
+    message = str(err.value)
+    assert "packages/web/manifest.yaml" in message and key in message, message
+    assert "nothing was changed" in message

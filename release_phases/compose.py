@@ -283,20 +283,6 @@ def start(
     return [*_project(compose, project, compose_file), "start", *containers]
 
 
-def ps(
-    compose: Compose, project: str, compose_file: Path, containers: Sequence[str] = ()
-) -> list[str]:
-    """Every container of the project (or of ``containers``), stopped ones too, as JSON."""
-    return [
-        *_project(compose, project, compose_file),
-        "ps",
-        "--all",
-        "--format",
-        "json",
-        *containers,
-    ]
-
-
 def logs(
     compose: Compose,
     project: str,

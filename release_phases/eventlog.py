@@ -42,10 +42,6 @@ def parse_line(line: str) -> dict[str, str]:
     return fields
 
 
-def path_for(workspace: Path, ticket: str) -> Path:
-    return workspace / "releases" / f"{ticket}.log"
-
-
 def append(path: Path, line: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -34,18 +34,16 @@ import pytest
 from pytest_dependency import DependencyItemStatus, DependencyManager
 
 from release_phases import PHASES, clock, eventlog, lock, selection, state
-from release_phases.context import (
-    Options,
-    ReleaseContext,
+from release_phases.context import Options, ReleaseContext, validate_ticket
+from release_phases.errors import ConfigError, ReleaseError
+from release_phases.plan import (
     finished,
     plan_fresh,
     plan_resume,
     plan_return,
     plan_revert,
     saved_if_any,
-    validate_ticket,
 )
-from release_phases.errors import ConfigError, ReleaseError
 from release_phases.steps import Step
 from release_phases.verify import ServiceUnderTest
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from release_phases.context import ReleaseContext, services_between
+from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
+from release_phases.plan import services_between
 from release_phases.scripts import find_ticket_scripts
 
 NOTHING_CHANGED = "everything: nothing was pulled, backed up or restarted"

@@ -128,15 +128,8 @@ def _service_manifest(ctx: ReleaseContext, service: str) -> Manifest | None:
     return ctx.manifest(service)
 
 
-def _containers_of(ctx: ReleaseContext, service: str, manifest: Manifest | None):
-    if manifest is not None:
-        project = compose.project_name(manifest.compose_file)
-        found = []
-        for name in manifest.containers:
-            found += compose.containers(ctx.docker, project, name)
-        return found
-    # Added by the release: its compose file is gone with the revert; compose's
-    # labels still say which directory its containers came from.
+def _added_containers(ctx: ReleaseContext, service: str):
+    """Containers compose made from the service's package directory."""
     where = str(ctx.repo / "packages" / service)
     return ctx.docker.containers.list(all=True, filters={"label": f"{WORKING_DIR_LABEL}={where}"})
 
@@ -162,18 +155,23 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
             )
         # Before anything stops: a damaged backup must not leave the service down.
         backup.verify(ctx.backups_root, service, stamp)
-    containers = _containers_of(ctx, service, manifest)
-    for c in containers:
-        c.stop(timeout=ctx.options.stop_timeout)
-    step.detail("stopped", "\n".join(c.name for c in containers) or "(no container)")
     if manifest is None:
+        # Added by the release: its compose file went with the revert.
+        containers = _added_containers(ctx, service)
         for c in containers:
-            c.remove()
-        step.detail("removed", f"{service} did not exist before the release: removed")
+            c.remove(force=True)
+        step.detail(
+            "removed",
+            f"{service} did not exist before the release; removed its containers: "
+            + (" ".join(c.name for c in containers) or "(none)"),
+        )
         return
     comp = compose.detect(ctx.runner)
     project = compose.project_name(manifest.compose_file)
     args = (comp, project, manifest.compose_file, manifest.containers)
+    stop = compose.stop(*args, ctx.options.stop_timeout)
+    stopped = ctx.runner.run(stop, timeout=ctx.options.compose_timeout)
+    step.detail("compose stop", f"$ {render(stop)}\n{stopped.output}")
     create = compose.create(*args, ctx.options.stop_timeout)
     created = ctx.runner.run(create, timeout=ctx.options.compose_timeout, stream=True)
     step.detail("compose up --no-start", f"$ {render(create)}\n{created.output}")

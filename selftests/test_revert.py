@@ -281,3 +281,21 @@ def test_a_reverted_release_cannot_be_resumed(deploy, make_service):
         run = engine.run(deploy.prod, "1234", *how)
         assert run.rc == 4, run
         assert "was reverted" in run.output
+
+
+def test_a_service_the_release_added_is_removed(deploy, make_service, docker_client):
+    v1_running_v2_merged(deploy, make_service, ("api",))
+    extra = make_service("extra")
+    deploy.dev_repo.git.pull("origin", "main")
+    deploy.write_service(extra)
+    deploy.merge_feature("feature/1234-extra", "ticket 1234: add extra")
+    run = engine.run(deploy.prod, "1234")
+    assert run.rc == 0, run
+    assert run.state.services == ["api", "extra"]
+    assert _container(docker_client, extra).status == "running"
+    reverted = engine.run(deploy.prod, "1234", mode="revert")
+    assert reverted.rc == 0, reverted
+    assert not docker_client.containers.list(
+        all=True, filters={"label": f"com.docker.compose.project={extra.project}"}
+    )
+    assert not (deploy.prod / "packages/extra").exists()

@@ -192,10 +192,14 @@ def normalize_project_name(name: str) -> str:
     return kept.lstrip("_-")
 
 
-def project_name(compose_file: Path) -> str:
-    """The compose file's ``name:``, else its directory's name, normalised."""
+def project_name(compose_file: Path, text: str | None = None) -> str:
+    """The compose file's ``name:``, else its directory's name, normalised.
+
+    ``text`` is the file's content when it comes from elsewhere than the worktree
+    (a commit's version of it); the name of its directory still counts.
+    """
     try:
-        data = yaml.safe_load(compose_file.read_text())
+        data = yaml.safe_load(compose_file.read_text() if text is None else text)
     except OSError as exc:
         raise ConfigError(f"cannot read {compose_file}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from release_phases import backup, compose, manifest
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 from release_phases.plan import services_between
@@ -125,3 +126,32 @@ def discover(ctx: ReleaseContext, base: str, merge: str) -> tuple[list[str], lis
             next_command=ctx.options.command(f"--base-sha {base}"),
         )
     return services, scripts
+
+
+def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord:
+    """Back up what the service declared before this release (its manifest at BASE_SHA).
+
+    The data on disk was made by the running version, so its declarations say what
+    to save; a release that adds a volume must not fail for the volume not existing
+    yet. A service new in this release has nothing running: its manifest at
+    MERGE_SHA records its volumes and paths as absent.
+    """
+    base = ctx.state.base_sha
+    rel = f"packages/{service}"
+    text = ctx.git.show(base, f"{rel}/manifest.yaml")
+    if text is None:
+        declared = ctx.manifest(service)
+        project = compose.project_name(declared.compose_file)
+    else:
+        declared = manifest.parse(
+            text,
+            service=service,
+            package_dir=ctx.repo / rel,
+            source=f"{rel}/manifest.yaml at BASE_SHA {base[:12]}",
+            exists=lambda name: ctx.git.exists(base, f"{rel}/{name}"),
+        )
+        compose_rel = f"{rel}/{declared.compose_file.name}"
+        project = compose.project_name(
+            declared.compose_file, text=ctx.git.show(base, compose_rel) or ""
+        )
+    return backup.take(ctx.docker, declared, project, ctx.backups_root)

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from selftests.support import engine
+from selftests.support.scenario import up
 
 pytestmark = pytest.mark.docker
 
@@ -280,3 +281,22 @@ def test_an_unreachable_docker_engine_stops_preflight_changing_nothing(deploy, m
     failed = run.event("prepare", "failed")
     assert failed["step"] == "test_preflight"
     assert not (deploy.prod / ".asd/workspace/backups").exists()
+
+
+def test_a_release_that_adds_a_volume_backs_up_what_was_declared_before(
+    deploy, make_service, docker_client
+):
+    web = make_service("web")
+    deploy.write_service(web)
+    deploy.commit("web without a volume")
+    deploy.push()
+    deploy.clone_prod()
+    up(deploy, web)
+    web.tag, web.volumes = "2", ("cache",)
+    make_service("web", "2")
+    deploy.write_service(web)
+    deploy.merge_feature("feature/11", "web gets a cache volume")
+    run = engine.run(deploy.prod, "11")
+    assert run.rc == 0, run
+    record = deploy.prod / ".asd/workspace/backups/web" / run.state.backups["web"]
+    assert '"nothing_declared": true' in (record / "record.json").read_text()

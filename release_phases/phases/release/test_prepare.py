@@ -2,7 +2,7 @@
 
 import pytest
 
-from release_phases import backup, compose, prepare
+from release_phases import prepare
 
 pytestmark = [
     pytest.mark.release,
@@ -32,13 +32,7 @@ def test_changed_services(release, step):
 
 
 def test_backup(release, step, service):
-    manifest = release.manifest(service)
-    record = backup.take(
-        release.docker,
-        manifest,
-        compose.project_name(manifest.compose_file),
-        release.backups_root,
-    )
+    record = prepare.backup_service(release, service)
     step.backups[service] = record.stamp
     step.detail("backup", record.describe())
     step.log_fields.update(stamp=record.stamp)

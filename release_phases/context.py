@@ -7,6 +7,7 @@ writes the state file and the log. The plan itself is made in `plan.py`.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -70,7 +71,8 @@ class Options:
             parts += ["--repo", str(self.repo)]
         if self.branch != "main" and mode == "release":
             parts += ["--branch", self.branch, "--force-allow-non-main"]
-        return " ".join([*parts, *extra])
+        # extra may hold placeholders (`--base-sha <sha>`) an operator fills in: as is.
+        return " ".join([shlex.join(parts), *extra])
 
 
 @dataclass

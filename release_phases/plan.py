@@ -100,7 +100,11 @@ def plan_fresh(ctx: ReleaseContext) -> Plan:
     if opts.base_sha:
         base = ctx.git.resolve(opts.base_sha)
         if base is None:
-            raise ConfigError(f"--base-sha {opts.base_sha} is not a commit in {ctx.repo}")
+            raise ConfigError(
+                f"--base-sha {opts.base_sha} is not a commit in {ctx.repo}",
+                next_command=f"find the HEAD from before the pull with `git -C {ctx.repo} "
+                "reflog`, then " + opts.command("--base-sha <that sha>"),
+            )
         plan.base_sha = base
     else:
         plan.base_sha = ctx.git.head()
@@ -115,7 +119,10 @@ def plan_fresh(ctx: ReleaseContext) -> Plan:
         return plan
     incoming = ctx.git.resolve(f"origin/{opts.branch}")
     if incoming is None:
-        raise ConfigError(f"--branch {opts.branch}: origin has no branch of that name")
+        raise ConfigError(
+            f"--branch {opts.branch}: origin has no branch of that name",
+            next_command=f"check the name with `git -C {ctx.repo} branch -r`",
+        )
     plan.incoming_sha = incoming
     plan.services, plan.manifests = services_between(ctx, plan.base_sha, incoming)
     plan.ticket_scripts = [

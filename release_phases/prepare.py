@@ -77,16 +77,32 @@ def pull(ctx: ReleaseContext) -> Pulled:
             next_command="find the HEAD from before the pull with `git reflog`, then "
             + opts.command("--base-sha <that sha>"),
         )
-    if ctx.git.branch() != opts.branch:
+    untouched = NOTHING_CHANGED + f"; HEAD is still {head}"
+    previous = ctx.git.branch()
+    if previous != opts.branch:
+        # A hotfix: a local branch of that name at HEAD, so the pull fast-forwards it.
         ctx.git.switch(opts.branch)
-    ctx.git.fetch()
+        untouched += (
+            f"; prod was switched from {previous} to a local {opts.branch} at that commit "
+            f"(`git -C {ctx.repo} switch {previous}` goes back)"
+        )
+    try:
+        ctx.git.fetch()
+    except ReleaseError as exc:
+        raise ReleaseError(
+            f"`git fetch origin` failed: {exc.what}",
+            untouched=untouched,
+            next_command=f"check the network and `git -C {ctx.repo} remote -v`, then "
+            + opts.command(),
+            rc=exc.rc,
+        ) from None
     result = ctx.git.pull(opts.branch)
     if not result.ok:
         raise ReleaseError(
             f"`git pull --ff-only origin {opts.branch}` was refused (rc {result.returncode}): "
             f"the local branch and origin/{opts.branch} have diverged or the pull failed:\n"
             f"{result.tail(15)}",
-            untouched=NOTHING_CHANGED + f"; HEAD is still {head}",
+            untouched=untouched,
             next_command=f"inspect with `git -C {ctx.repo} log --oneline --graph HEAD "
             f"origin/{opts.branch}`; prod must only ever fast-forward",
             rc=result.returncode,

@@ -236,26 +236,16 @@ def up(
     compose_file: Path,
     containers: Sequence[str],
     stop_timeout: int,
+    *,
+    start: bool = True,
 ) -> list[str]:
-    """Recreate exactly ``containers`` (not their dependencies), detached."""
+    """Recreate exactly ``containers`` (not their dependencies), detached; with
+    ``start=False`` they are created but not started (revert restores data first)."""
     return [
         *_project(compose, project, compose_file),
-        *("up", "-d", "--no-deps", "--force-recreate", "--timeout", str(stop_timeout)),
-        *containers,
-    ]
-
-
-def create(
-    compose: Compose,
-    project: str,
-    compose_file: Path,
-    containers: Sequence[str],
-    stop_timeout: int,
-) -> list[str]:
-    """Recreate ``containers`` without starting them (revert restores data first)."""
-    return [
-        *_project(compose, project, compose_file),
-        *("up", "--no-start", "--no-deps", "--force-recreate", "--timeout", str(stop_timeout)),
+        "up",
+        "-d" if start else "--no-start",
+        *("--no-deps", "--force-recreate", "--timeout", str(stop_timeout)),
         *containers,
     ]
 

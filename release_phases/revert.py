@@ -172,7 +172,7 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     stop = compose.stop(*args, ctx.options.stop_timeout)
     stopped = ctx.runner.run(stop, timeout=ctx.options.compose_timeout)
     step.detail("compose stop", f"$ {render(stop)}\n{stopped.output}")
-    create = compose.create(*args, ctx.options.stop_timeout)
+    create = compose.up(*args, ctx.options.stop_timeout, start=False)
     created = ctx.runner.run(create, timeout=ctx.options.compose_timeout, stream=True)
     step.detail("compose up --no-start", f"$ {render(create)}\n{created.output}")
     if restoring:

@@ -7,23 +7,9 @@ import time
 import pytest
 
 from selftests.support import engine
-from selftests.support.scenario import v1_running_v2_merged
+from selftests.support.scenario import container, v1_running_v2_merged
 
 pytestmark = pytest.mark.docker
-
-
-def _container(docker_client, svc, name=None):
-    found = docker_client.containers.list(
-        all=True,
-        filters={
-            "label": [
-                f"com.docker.compose.project={svc.project}",
-                f"com.docker.compose.service={name or svc.name}",
-            ]
-        },
-    )
-    assert len(found) == 1, found
-    return found[0]
 
 
 def test_a_release_moves_both_services_to_the_new_image(deploy, make_service, docker_client):
@@ -31,9 +17,9 @@ def test_a_release_moves_both_services_to_the_new_image(deploy, make_service, do
     run = engine.run(deploy.prod, "1234")
     assert run.state.done("migrate"), run
     for svc in services.values():
-        container = _container(docker_client, svc)
-        assert container.status == "running"
-        assert container.image.id == docker_client.images.get(svc.image).id
+        running = container(docker_client, svc)
+        assert running.status == "running"
+        assert running.image.id == docker_client.images.get(svc.image).id
         assert svc.image.endswith(":2")
     done = run.event("migrate", "done")
     assert done["duration"].endswith("s")
@@ -49,14 +35,14 @@ def test_a_500_halts_at_that_service_and_leaves_later_ones_untouched(
     deploy, make_service, docker_client
 ):
     services = v1_running_v2_merged(deploy, make_service, v2_health={"api": "error"}, timeout=3)
-    web_before = _container(docker_client, services["web"]).id
+    web_before = container(docker_client, services["web"]).id
     run = engine.run(deploy.prod, "1234")
     assert run.rc == 1, run
     failed = run.event("migrate", "failed")
     assert failed["service"] == "api" and failed["step"] == "health" and failed["rc"] == "1"
     assert run.state.phase == "migrate" and run.state.phase_status == "failed"
     assert "TIMESTAMP_MIGRATE_FAILED" in run.state_path.read_text()
-    web = _container(docker_client, services["web"])
+    web = container(docker_client, services["web"])
     assert web.id == web_before, "web was not touched"
     assert web.image.id == docker_client.images.get(services["web"].repository + ":1").id
     assert "release halted: migrate failed on api" in run.output
@@ -79,13 +65,13 @@ def test_a_silent_container_halts_at_the_health_timeout(deploy, make_service):
 
 def test_a_missing_image_fails_before_any_container_is_touched(deploy, make_service, docker_client):
     services = v1_running_v2_merged(deploy, make_service, v2_tag={"web": "missing"})
-    before = {n: _container(docker_client, s).id for n, s in services.items()}
+    before = {n: container(docker_client, s).id for n, s in services.items()}
     run = engine.run(deploy.prod, "1234")
     assert run.rc == 1, run
     assert services["web"].repository + ":missing" in run.output
     failed = run.event("migrate", "failed")
     assert failed["step"] == "images"
-    after = {n: _container(docker_client, s).id for n, s in services.items()}
+    after = {n: container(docker_client, s).id for n, s in services.items()}
     assert after == before, "neither api nor web was recreated"
 
 
@@ -133,13 +119,13 @@ def test_a_failing_hook_halts_the_phase(deploy, make_service, docker_client):
         make_service,
         files={"packages/api/pre_start_init.sh": "echo 'cannot migrate the schema' >&2\nexit 3\n"},
     )
-    before = _container(docker_client, services["api"]).id
+    before = container(docker_client, services["api"]).id
     run = engine.run(deploy.prod, "1234")
     assert run.rc == 1, run
     failed = run.event("migrate", "failed")
     assert failed == {**failed, "rc": "3", "service": "api", "step": "pre_start_init"}
     assert "cannot migrate the schema" in run.output
-    assert _container(docker_client, services["api"]).id == before, "api was not recreated"
+    assert container(docker_client, services["api"]).id == before, "api was not recreated"
 
 
 TICKET_SH = 'echo "sh $TICKET $SERVICES" >> .asd/ticket.log\n'
@@ -215,7 +201,7 @@ def test_from_migrate_resumes_with_the_state_files_services(
     assert run.state.backups == backups, "no new backup was taken"
     assert not [e for e in run.events[seen:] if e["phase"] == "prepare"]
     for svc in services.values():
-        assert _container(docker_client, svc).image.id == docker_client.images.get(svc.image).id
+        assert container(docker_client, svc).image.id == docker_client.images.get(svc.image).id
 
 
 def test_a_ticket_script_only_release_runs_every_phase_and_completes(deploy):

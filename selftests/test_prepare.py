@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from selftests.support import engine
-from selftests.support.scenario import up
+from selftests.support.scenario import up, web_on_prod
 
 pytestmark = pytest.mark.docker
 
@@ -88,11 +88,7 @@ def test_full_prepare_on_a_two_service_change(deploy, two_services):
 
 
 def test_prepull_is_detected_and_base_sha_recovers(deploy, make_service):
-    web = make_service("web")
-    deploy.write_service(web)
-    deploy.commit("add web")
-    deploy.push()
-    deploy.clone_prod()
+    web_on_prod(deploy, make_service)
     before = deploy.prod_repo.head.commit.hexsha
     deploy.write("packages/web/notes.txt", "changed\n")
     deploy.merge_feature("feature/77", "touch web")
@@ -112,11 +108,7 @@ def test_prepull_is_detected_and_base_sha_recovers(deploy, make_service):
 
 
 def test_non_fast_forward_is_refused(deploy, make_service):
-    web = make_service("web")
-    deploy.write_service(web)
-    deploy.commit("add web")
-    deploy.push()
-    deploy.clone_prod()
+    web_on_prod(deploy, make_service)
     prod = deploy.prod_repo
     (deploy.prod / "local.txt").write_text("a commit only prod has\n")
     prod.index.add(["local.txt"])
@@ -133,11 +125,7 @@ def test_non_fast_forward_is_refused(deploy, make_service):
 
 
 def test_dirty_worktree_is_refused(deploy, make_service):
-    web = make_service("web")
-    deploy.write_service(web)
-    deploy.commit("add web")
-    deploy.push()
-    deploy.clone_prod()
+    web_on_prod(deploy, make_service)
     head = deploy.prod_repo.head.commit.hexsha
     (deploy.prod / "packages/web/manifest.yaml").write_text("edited on prod\n")
     deploy.write("packages/web/notes.txt", "changed\n")
@@ -185,11 +173,7 @@ def test_release_without_ticket_does_not_run(deploy):
     ],
 )
 def test_malformed_manifests_are_refused_naming_file_and_key(deploy, make_service, manifest, key):
-    web = make_service("web")
-    deploy.write_service(web)
-    deploy.commit("add web")
-    deploy.push()
-    deploy.clone_prod()
+    web_on_prod(deploy, make_service)
     deploy.write("packages/web/manifest.yaml", manifest)
     deploy.merge_feature("feature/8", "break the manifest")
     before = _tree_snapshot(deploy)
@@ -234,11 +218,7 @@ time.sleep(60)
 
 
 def test_a_held_lock_refuses_and_a_stale_one_is_taken_over(deploy, make_service):
-    web = make_service("web")
-    deploy.write_service(web)
-    deploy.commit("add web")
-    deploy.push()
-    deploy.clone_prod()
+    web_on_prod(deploy, make_service)
     deploy.write("packages/web/notes.txt", "changed\n")
     deploy.merge_feature("feature/9", "touch web")
     lock_path = deploy.prod / ".asd/workspace/releases/.lock"
@@ -265,11 +245,7 @@ def test_a_held_lock_refuses_and_a_stale_one_is_taken_over(deploy, make_service)
 
 
 def test_an_unreachable_docker_engine_stops_preflight_changing_nothing(deploy, make_service):
-    web = make_service("web")
-    deploy.write_service(web)
-    deploy.commit("add web")
-    deploy.push()
-    deploy.clone_prod()
+    web_on_prod(deploy, make_service)
     head = deploy.prod_repo.head.commit.hexsha
     deploy.write("packages/web/notes.txt", "changed\n")
     deploy.merge_feature("feature/10", "touch web")

@@ -11,23 +11,9 @@ import pytest
 
 from release_phases import state as statefile
 from selftests.support import engine
-from selftests.support.scenario import v1_running_v2_merged
+from selftests.support.scenario import container, v1_running_v2_merged
 
 pytestmark = pytest.mark.docker
-
-
-def _container(docker_client, svc):
-    found = docker_client.containers.list(
-        all=True,
-        filters={
-            "label": [
-                f"com.docker.compose.project={svc.project}",
-                f"com.docker.compose.service={svc.name}",
-            ]
-        },
-    )
-    assert len(found) == 1, found
-    return found[0]
 
 
 def _volume_files(container) -> str:
@@ -45,14 +31,14 @@ def released_with_data(deploy, make_service, docker_client):
     web = services["web"]
     # (the api service declares the same volume key; only web's data is checked)
     before_data = "record.txt:precious\n"
-    _container(docker_client, web).exec_run(
+    container(docker_client, web).exec_run(
         ["sh", "-c", "echo precious > /data/web-data/record.txt"]
     )
     # The release must back up what stood there before it: run it now.
     run = engine.run(deploy.prod, "1234")
     assert run.rc == 0, run
     # The new version "migrates" the data.
-    _container(docker_client, web).exec_run(
+    container(docker_client, web).exec_run(
         ["sh", "-c", "echo migrated > /data/web-data/record.txt; echo new > /data/web-data/v2.txt"]
     )
     return services, run, before_data
@@ -69,11 +55,11 @@ def test_a_completed_release_is_reverted(deploy, released_with_data, docker_clie
     assert run.rc == 0, run
     assert (run.state.phase, run.state.phase_status) == ("revert", "done")
     for svc in services.values():
-        container = _container(docker_client, svc)
-        assert container.status == "running"
+        running = container(docker_client, svc)
+        assert running.status == "running"
         old = docker_client.images.get(f"{svc.repository}:1").id
-        assert container.image.id == old
-    assert _volume_files(_container(docker_client, services["web"])) == before_data
+        assert running.image.id == old
+    assert _volume_files(container(docker_client, services["web"])) == before_data
     prod = deploy.prod_repo
     revert_sha = run.state.extra["REVERT_SHA"]
     assert _origin_main(deploy) == revert_sha == prod.head.commit.hexsha
@@ -91,7 +77,7 @@ def test_a_release_that_failed_in_migrate_is_reverted(deploy, make_service, dock
     assert run.rc == 0, run
     for svc in services.values():
         assert (
-            _container(docker_client, svc).image.id
+            container(docker_client, svc).image.id
             == docker_client.images.get(f"{svc.repository}:1").id
         )
 
@@ -121,8 +107,7 @@ def test_a_fast_forward_release_is_reverted_as_one_range_commit(
     assert len(head.parents) == 1 and "range" in head.message
     assert prod.git.rev_parse(f"{base}^{{tree}}") == prod.git.rev_parse("HEAD^{tree}")
     assert (
-        _container(docker_client, web).image.id
-        == docker_client.images.get(f"{web.repository}:1").id
+        container(docker_client, web).image.id == docker_client.images.get(f"{web.repository}:1").id
     )
 
 
@@ -134,7 +119,7 @@ def test_skip_git_and_skip_data(deploy, released_with_data, docker_client):
     assert deploy.prod_repo.head.commit.hexsha == head, "the code was left as it is"
     assert _origin_main(deploy) == release_run.state.merge_sha, "nothing was pushed"
     # data untouched: the post-release content is still there
-    files = _volume_files(_container(docker_client, services["web"]))
+    files = _volume_files(container(docker_client, services["web"]))
     assert "v2.txt:new" in files and "record.txt:migrated" in files
     assert "--skip-git" in run.output
 
@@ -179,7 +164,7 @@ def test_a_revert_killed_mid_restore_is_finished_by_a_rerun(
     assert run.rc == 0, run
     assert (run.state.phase, run.state.phase_status) == ("revert", "done")
     assert "took-over-stale" in log.read_text()
-    assert _volume_files(_container(docker_client, services["web"])) == before_data
+    assert _volume_files(container(docker_client, services["web"])) == before_data
     assert (
         len(
             [
@@ -215,17 +200,17 @@ def test_a_dirty_worktree_is_refused_and_left_alone(deploy, make_service):
 def test_paths_inside_the_container_are_restored_too(deploy, make_service, docker_client):
     services = v1_running_v2_merged(deploy, make_service, ("web",), paths=("/data/state",))
     web = services["web"]
-    _container(docker_client, web).exec_run(
+    container(docker_client, web).exec_run(
         ["sh", "-c", "mkdir -p /data/state && echo before > /data/state/f"]
     )
     assert engine.run(deploy.prod, "1234").rc == 0
     # the release recreated the container: its filesystem is the new image's
-    _container(docker_client, web).exec_run(
+    container(docker_client, web).exec_run(
         ["sh", "-c", "mkdir -p /data/state && echo after > /data/state/f"]
     )
     run = engine.run(deploy.prod, "1234", mode="revert")
     assert run.rc == 0, run
-    code, out = _container(docker_client, web).exec_run(["cat", "/data/state/f"])
+    code, out = container(docker_client, web).exec_run(["cat", "/data/state/f"])
     assert (code, out) == (0, b"before\n")
 
 
@@ -268,7 +253,7 @@ def test_a_rereleased_ticket_is_reverted_again_not_skipped(deploy, make_service,
     run = engine.run(deploy.prod, "1234", mode="revert")
     assert run.rc == 0, run
     # Back to what ran before the second release: tag 1, as the first revert left it.
-    running = _container(docker_client, web).image.id
+    running = container(docker_client, web).image.id
     assert running == docker_client.images.get(f"{web.repository}:1").id
     assert deploy.prod_repo.head.commit.parents[0].hexsha == again.state.merge_sha
 
@@ -292,7 +277,7 @@ def test_a_service_the_release_added_is_removed(deploy, make_service, docker_cli
     run = engine.run(deploy.prod, "1234")
     assert run.rc == 0, run
     assert run.state.services == ["api", "extra"]
-    assert _container(docker_client, extra).status == "running"
+    assert container(docker_client, extra).status == "running"
     reverted = engine.run(deploy.prod, "1234", mode="revert")
     assert reverted.rc == 0, reverted
     assert not docker_client.containers.list(

@@ -49,3 +49,28 @@ def v1_running_v2_merged(
         deploy.write(path, text)
     deploy.merge_feature(f"feature/{ticket}", f"ticket {ticket}: services to tag 2")
     return services
+
+
+def container(client, svc: Service, name: str | None = None):
+    """The one container compose runs for the service (or its `name` container)."""
+    found = client.containers.list(
+        all=True,
+        filters={
+            "label": [
+                f"com.docker.compose.project={svc.project}",
+                f"com.docker.compose.service={name or svc.name}",
+            ]
+        },
+    )
+    assert len(found) == 1, found
+    return found[0]
+
+
+def web_on_prod(deploy: DeployRepo, make_service) -> Service:
+    """A web service on origin and cloned to prod (not started)."""
+    web = make_service("web")
+    deploy.write_service(web)
+    deploy.commit("add web")
+    deploy.push()
+    deploy.clone_prod()
+    return web

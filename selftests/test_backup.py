@@ -25,6 +25,7 @@ from release_phases.errors import ReleaseError
 from release_phases.manifest import Backup, Health, Image, Manifest, load
 from selftests.support.deployrepo import DeployRepo, Service
 from selftests.support.images import LABEL
+from selftests.support.scenario import container
 
 BINARY = bytes(range(256)) * 4
 
@@ -44,17 +45,7 @@ class Box:
 
     @property
     def container(self):
-        found = self.client.containers.list(
-            all=True,
-            filters={
-                "label": [
-                    f"com.docker.compose.project={self.svc.project}",
-                    f"com.docker.compose.service={self.svc.name}",
-                ]
-            },
-        )
-        assert len(found) == 1, found
-        return found[0]
+        return container(self.client, self.svc)
 
     def sh(self, script: str) -> bytes:
         code, out = self.container.exec_run(["sh", "-c", script])

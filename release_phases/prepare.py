@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from release_phases import backup, compose, manifest
+from release_phases import backup, compose, hostchecks, manifest
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 from release_phases.plan import services_between
@@ -22,24 +22,8 @@ def preflight(ctx: ReleaseContext) -> list[str]:
     opts = ctx.options
     if ctx.plan.problem:
         raise ctx.plan.problem
-    try:
-        version = ctx.docker.version().get("Version", "?")
-    except Exception as exc:  # the SDK raises several kinds for one meaning: unreachable
-        raise ReleaseError(
-            f"the Docker Engine is not reachable: {exc}",
-            untouched=NOTHING_CHANGED,
-            next_command=f"start Docker (systemctl start docker), then {opts.command()}",
-        ) from None
-    dirty = ctx.git.dirty()
-    if dirty:
-        shown = "\n".join(f"  {line}" for line in dirty[:15])
-        more = f"\n  ... and {len(dirty) - 15} more" if len(dirty) > 15 else ""
-        raise ReleaseError(
-            f"the worktree of {ctx.repo} is not clean:\n{shown}{more}",
-            untouched=NOTHING_CHANGED,
-            next_command="commit, stash or remove those changes (git status), then "
-            + opts.command(),
-        )
+    version = hostchecks.docker_version(ctx, NOTHING_CHANGED)
+    hostchecks.refuse_dirty(ctx, ctx.git.dirty(), NOTHING_CHANGED)
     current = ctx.git.branch()
     if current != opts.branch:
         allowed = opts.branch != "main" and opts.force_allow_non_main

@@ -8,7 +8,7 @@ since each needs a release.
 
 from __future__ import annotations
 
-from release_phases import gitops
+from release_phases import gitops, hostchecks
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 
@@ -17,14 +17,7 @@ MAIN = "main"
 
 def check_merged(ctx: ReleaseContext) -> tuple[str, str]:
     """(branch, deployed commit), once the deployed commit is part of origin/main."""
-    dirty = ctx.git.dirty()
-    if dirty:
-        raise ReleaseError(
-            f"the worktree of {ctx.repo} is not clean:\n"
-            + "\n".join(f"  {line}" for line in dirty[:15]),
-            untouched="everything: prod stays where it is",
-            next_command="commit, stash or remove those changes, then pytest -m return_to_main",
-        )
+    hostchecks.refuse_dirty(ctx, ctx.git.dirty(), "everything: prod stays where it is")
     branch = ctx.git.branch() or "(detached HEAD)"
     if branch == MAIN:
         raise ReleaseError(

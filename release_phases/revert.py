@@ -8,7 +8,7 @@ no commit yet is dropped and applied again.
 
 from __future__ import annotations
 
-from release_phases import backup, compose, gitops, health
+from release_phases import backup, compose, gitops, health, hostchecks
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 from release_phases.manifest import Manifest
@@ -17,30 +17,20 @@ from release_phases.shell import render
 from release_phases.steps import Step
 
 WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
-
-
-def _rerun(ctx: ReleaseContext) -> str:
-    return ctx.options.command()
+NOTHING_REVERTED = "everything: nothing was reverted"
 
 
 def preflight(ctx: ReleaseContext) -> list[str]:
     st = ctx.state
-    try:
-        version = ctx.docker.version().get("Version", "?")
-    except Exception as exc:  # the SDK raises several kinds for one meaning: unreachable
-        raise ReleaseError(
-            f"the Docker Engine is not reachable: {exc}",
-            untouched="everything: nothing was reverted",
-            next_command=f"start Docker, then {_rerun(ctx)}",
-        ) from None
+    version = hostchecks.docker_version(ctx, NOTHING_REVERTED)
     lines = [f"Docker Engine {version} reachable"]
     branch = ctx.git.branch()
     if branch != st.branch:
         raise ReleaseError(
             f"{ctx.repo} is on {branch or 'a detached HEAD'}, but ticket {ctx.ticket} was "
             f"released from {st.branch}",
-            untouched="everything: nothing was reverted",
-            next_command=f"`git -C {ctx.repo} switch {st.branch}`, then {_rerun(ctx)}",
+            untouched=NOTHING_REVERTED,
+            next_command=f"`git -C {ctx.repo} switch {st.branch}`, then {ctx.options.command()}",
         )
     dirty = ctx.git.dirty()
     before = ctx.previous
@@ -55,13 +45,8 @@ def preflight(ctx: ReleaseContext) -> list[str]:
         # Our own revert, interrupted before its commit: drop it and apply it again.
         ctx.runner.run(gitops.abort_revert_argv(ctx.repo))
         lines.append("dropped a revert left half-applied by an interrupted run")
-    elif dirty:
-        raise ReleaseError(
-            f"the worktree of {ctx.repo} is not clean:\n"
-            + "\n".join(f"  {line}" for line in dirty[:15]),
-            untouched="everything: nothing was reverted",
-            next_command=f"commit, stash or remove those changes, then {_rerun(ctx)}",
-        )
+    else:
+        hostchecks.refuse_dirty(ctx, dirty, NOTHING_REVERTED)
     lines.append(f"branch {branch}, BASE_SHA {st.base_sha}, MERGE_SHA {st.merge_sha}")
     return lines
 
@@ -82,7 +67,7 @@ def revert_code(ctx: ReleaseContext) -> tuple[str, list[str]]:
     if not ctx.git.is_ancestor(st.merge_sha, head):
         raise ReleaseError(
             f"MERGE_SHA {st.merge_sha} is not in the history of HEAD {head}",
-            untouched="everything: nothing was reverted",
+            untouched=NOTHING_REVERTED,
             next_command=f"check `git -C {ctx.repo} log`; for a hotfix without a merge use "
             + ctx.options.command("--skip-git"),
             step="git-revert",
@@ -94,7 +79,7 @@ def revert_code(ctx: ReleaseContext) -> tuple[str, list[str]]:
     if not chain:
         raise ReleaseError(
             f"BASE_SHA..MERGE_SHA holds no commit: {st.base_sha}..{st.merge_sha}",
-            untouched="everything: nothing was reverted",
+            untouched=NOTHING_REVERTED,
             next_command=f"check {ctx.state_path}; to restore data and containers only: "
             + ctx.options.command("--skip-git"),
             step="git-revert",
@@ -197,7 +182,8 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
         raise ReleaseError(
             f"{service} is back at the old code but not healthy: {probed.summary}",
             untouched="the services after it in the revert order",
-            next_command=f"read the container logs in the report, fix, then {_rerun(ctx)}",
+            next_command="read the container logs in the report, fix, then "
+            + ctx.options.command(),
             step="health",
         )
 
@@ -211,7 +197,7 @@ def push(ctx: ReleaseContext) -> str:
             untouched=f"the local revert commit {ctx.git.head()} is kept; containers and data "
             "are already reverted",
             next_command=f"`git -C {ctx.repo} pull --rebase origin {ctx.state.branch}`, "
-            f"then {_rerun(ctx)}",
+            f"then {ctx.options.command()}",
             rc=result.returncode,
             step="push",
         )

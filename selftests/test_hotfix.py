@@ -9,7 +9,7 @@ import pytest
 
 from selftests.conftest import REPO_ROOT
 from selftests.support import engine
-from selftests.support.scenario import up
+from selftests.support.scenario import running_on_prod
 
 pytestmark = pytest.mark.docker
 
@@ -29,14 +29,7 @@ def _just(deploy, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def hotfix(deploy, make_service):
     """Prod runs api and web at 1 on main; origin has hotfix/x moving web to 2."""
-    services = {name: make_service(name) for name in ("api", "web")}
-    for svc in services.values():
-        deploy.write_service(svc)
-    deploy.commit("api and web at 1")
-    deploy.push()
-    deploy.clone_prod()
-    for svc in services.values():
-        up(deploy, svc)
+    services = running_on_prod(deploy, make_service, ("api", "web"))
     dev = deploy.dev_repo
     dev.git.checkout("-b", "hotfix/x")
     services["web"].tag = "2"

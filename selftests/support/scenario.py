@@ -19,6 +19,21 @@ def up(deploy: DeployRepo, svc: Service) -> None:
     assert done.returncode == 0, f"compose up of {svc.name} failed:\n{done.stdout}{done.stderr}"
 
 
+def running_on_prod(
+    deploy: DeployRepo, make_service, names: tuple[str, ...], **service_kw
+) -> dict[str, Service]:
+    """Services at tag 1 on origin, cloned to prod and running there."""
+    services = {name: make_service(name, **service_kw) for name in names}
+    for svc in services.values():
+        deploy.write_service(svc)
+    deploy.commit("services at tag 1")
+    deploy.push()
+    deploy.clone_prod()
+    for svc in services.values():
+        up(deploy, svc)
+    return services
+
+
 def v1_running_v2_merged(
     deploy: DeployRepo,
     make_service,
@@ -30,14 +45,7 @@ def v1_running_v2_merged(
     ticket: str = "1234",
     **service_kw,
 ) -> dict[str, Service]:
-    services = {name: make_service(name, **service_kw) for name in names}
-    for svc in services.values():
-        deploy.write_service(svc)
-    deploy.commit("services at tag 1")
-    deploy.push()
-    deploy.clone_prod()
-    for svc in services.values():
-        up(deploy, svc)
+    services = running_on_prod(deploy, make_service, names, **service_kw)
     for name, svc in services.items():
         health = (v2_health or {}).get(name, "ok")
         # Images are shared by the session: a tag stands for one behaviour only.

@@ -139,7 +139,17 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
                 step="restore",
             )
         # Before anything stops: a damaged backup must not leave the service down.
-        backup.verify(ctx.backups_root, service, stamp)
+        try:
+            backup.verify(ctx.backups_root, service, stamp)
+        except ReleaseError as exc:
+            exc.untouched = f"{service}: still running, nothing was stopped or restored"
+            exc.next_command = (
+                f"check it ({exc.next_command}); then either put a good copy of the archive "
+                f"back and run {ctx.options.command()}, or, only if {service}'s data was not "
+                f"touched by the release, {ctx.options.command('--skip-data')}"
+            )
+            exc.step = "restore"
+            raise
     if manifest is None:
         # Added by the release: its compose file went with the revert.
         containers = _added_containers(ctx, service)

@@ -284,3 +284,23 @@ def test_a_service_the_release_added_is_removed(deploy, make_service, docker_cli
         all=True, filters={"label": f"com.docker.compose.project={extra.project}"}
     )
     assert not (deploy.prod / "packages/extra").exists()
+
+
+def test_a_damaged_backup_fails_the_revert_before_anything_stops(
+    deploy, released_with_data, docker_client
+):
+    services, release_run, _ = released_with_data
+    stamp = release_run.state.backups["web"]
+    backup_dir = deploy.prod / ".asd/workspace/backups/web" / stamp
+    (archive,) = [p for p in backup_dir.iterdir() if p.suffix == ".tar"]
+    archive.write_bytes(archive.read_bytes()[:-10] + b"0123456789")
+    run = engine.run(deploy.prod, "1234", mode="revert")
+    assert run.rc == 1, run
+    assert archive.name in run.output
+    failed = run.event("revert", "failed")
+    assert failed["service"] == "web"
+    # web comes first in reverse order: nothing of it was stopped, api not reached
+    for svc in services.values():
+        assert container(docker_client, svc).status == "running"
+    assert (run.state.phase, run.state.phase_status) == ("revert", "failed")
+    assert "pytest -m revert --ticket 1234" in run.output

@@ -84,8 +84,8 @@ from docker.types import Mount
 
 from release_phases import atomic
 from release_phases.errors import ReleaseError
+from release_phases.host.shell import render
 from release_phases.manifest import Manifest
-from release_phases.shell import render
 
 HELPER_LABEL = "io.release-phases.helper"
 PROJECT_LABEL = "com.docker.compose.project"

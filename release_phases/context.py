@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import docker
-
-from release_phases import PHASES, gitops, manifest, scripts
+from release_phases import PHASES, manifest, scripts
 from release_phases import state as statefile
 from release_phases.errors import ConfigError
+from release_phases.host import ComposeProject, Host
+from release_phases.host.compose import project_of
+from release_phases.host.git import Git
 from release_phases.manifest import Manifest
-from release_phases.shell import Runner
 
 if TYPE_CHECKING:
     from release_phases.plan import Plan
@@ -78,7 +78,6 @@ class Options:
 @dataclass
 class ReleaseContext:
     options: Options
-    runner: Runner = field(default_factory=Runner)
     plan: Plan | None = None
     #: The live state, owned by the plugin's Recorder; phases read it.
     state: statefile.State | None = None
@@ -125,12 +124,16 @@ class ReleaseContext:
 
     # -- machinery ----------------------------------------------------------------------
     @cached_property
-    def git(self) -> gitops.Repo:
-        return gitops.Repo(self.repo, self.runner)
+    def host(self) -> Host:
+        return Host(self.repo)
 
-    @cached_property
-    def docker(self) -> docker.DockerClient:
-        return docker.from_env()
+    @property
+    def git(self) -> Git:
+        return self.host.git
+
+    def project(self, manifest: Manifest) -> ComposeProject:
+        """The compose project of a service, as its manifest in the worktree declares it."""
+        return project_of(self.host.compose, manifest, self.options.stop_timeout)
 
     def manifest(self, service: str) -> Manifest:
         """The service's manifest as it stands in the worktree (after the pull)."""

@@ -15,7 +15,7 @@ SHOWN = 15
 def docker_version(ctx: ReleaseContext, untouched: str) -> str:
     """The Docker Engine's version, or an error when it cannot be reached."""
     try:
-        return ctx.docker.version().get("Version", "?")
+        return ctx.host.engine.version()
     except Exception as exc:  # the SDK raises several kinds for one meaning: unreachable
         raise ReleaseError(
             f"the Docker Engine is not reachable: {exc}",

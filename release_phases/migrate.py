@@ -7,11 +7,12 @@ thing that fails stops the service there; the plugin halts every later step.
 
 from __future__ import annotations
 
-from release_phases import compose, health, scripts
+from release_phases import health, scripts
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
+from release_phases.host.compose import LOG_TAIL, ComposeProject
+from release_phases.host.shell import render
 from release_phases.manifest import Manifest
-from release_phases.shell import render
 from release_phases.steps import Step
 
 PRE_HOOKS = ("pre_start_init",)
@@ -23,34 +24,28 @@ def hooks_of(manifest: Manifest) -> list[scripts.Script]:
     return [hook for hook in found if hook is not None]
 
 
-def absent_images(ctx: ReleaseContext, manifest: Manifest) -> tuple[list[str], str]:
+def absent_images(ctx: ReleaseContext, project: ComposeProject) -> tuple[list[str], str]:
     """Images the service needs that are not on this host, after trying to pull them.
 
     Returns them with the pull's output (empty when no pull was tried). Pulling is
     skipped with the ini option `release_pull = false` (hosts without a registry).
     """
-    comp = compose.detect(ctx.runner)
-    project = compose.project_name(manifest.compose_file)
-    args = (comp, project, manifest.compose_file, manifest.containers)
-    absent = compose.missing_images(ctx.docker, *args, runner=ctx.runner)
+    absent = ctx.host.missing_images(project)
     if not absent or not ctx.options.pull:
         return absent, ""
-    argv = compose.pull(*args)
-    result = ctx.runner.run(argv, check=False, timeout=ctx.options.compose_timeout)
-    return compose.missing_images(ctx.docker, *args, runner=ctx.runner), (
-        f"$ {render(argv)}\n{result.output}"
-    )
+    argv = project.pull()
+    result = ctx.host.run(argv, check=False, timeout=ctx.options.compose_timeout)
+    return ctx.host.missing_images(project), f"$ {render(argv)}\n{result.output}"
 
 
 def ready(ctx: ReleaseContext, services: list[str]) -> list[str]:
     """Before any container is touched: Compose v2, every image, every script runtime."""
-    comp = compose.detect(ctx.runner)
-    lines = [f"compose: {comp}"]
+    lines = [f"compose: {ctx.host.compose}"]
     missing: list[str] = []
     needed: list[scripts.Script] = []
     for service in services:
         manifest = ctx.manifest(service)
-        absent, pulled = absent_images(ctx, manifest)
+        absent, pulled = absent_images(ctx, ctx.project(manifest))
         missing += [f"{image} (for {service})" for image in absent]
         if pulled:
             lines.append(pulled)
@@ -76,7 +71,9 @@ def ready(ctx: ReleaseContext, services: list[str]) -> list[str]:
     return lines
 
 
-def _run_hooks(ctx: ReleaseContext, manifest: Manifest, names, step: Step) -> None:
+def _run_hooks(
+    ctx: ReleaseContext, manifest: Manifest, names: tuple[str, ...], step: Step
+) -> None:
     for name in names:
         hook = scripts.find_hook(manifest.package_dir, name)
         if hook is None:
@@ -84,7 +81,7 @@ def _run_hooks(ctx: ReleaseContext, manifest: Manifest, names, step: Step) -> No
         try:
             result = scripts.run_script(
                 hook,
-                runner=ctx.runner,
+                host=ctx.host,
                 env=ctx.script_env(manifest.service),
                 cwd=ctx.repo,
                 timeout=ctx.options.script_timeout,
@@ -98,10 +95,9 @@ def _run_hooks(ctx: ReleaseContext, manifest: Manifest, names, step: Step) -> No
 
 def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.HealthResult:
     manifest = ctx.manifest(service)
-    comp = compose.detect(ctx.runner)
-    project = compose.project_name(manifest.compose_file)
+    project = ctx.project(manifest)
     resume = ctx.options.command("--from=migrate")
-    absent, pulled = absent_images(ctx, manifest)
+    absent, pulled = absent_images(ctx, project)
     if pulled:
         step.detail("compose pull", pulled)
     if absent:
@@ -112,23 +108,12 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
             step="images",
         )
     _run_hooks(ctx, manifest, PRE_HOOKS, step)
-    argv = compose.up(
-        comp, project, manifest.compose_file, manifest.containers, ctx.options.stop_timeout
-    )
+    argv = project.up()
     try:
-        result = compose.recreate(
-            ctx.runner,
-            comp,
-            project,
-            manifest.compose_file,
-            manifest.containers,
-            ctx.options.stop_timeout,
-            timeout=ctx.options.compose_timeout,
-            stream=True,
-        )
+        result = ctx.host.recreate(project, timeout=ctx.options.compose_timeout)
     except ReleaseError as exc:
         step.detail("compose up (failed)", f"$ {render(argv)}\n{getattr(exc, 'result', exc)}")
-        _keep_logs(ctx, comp, project, manifest, step)
+        keep_logs(ctx, project, step)
         exc.step = "compose-up"
         raise
     step.detail("compose up", f"$ {render(argv)}\n{result.output}")
@@ -137,7 +122,7 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
     )
     step.detail("health probes", probe_table(probed))
     if not probed.ok:
-        _keep_logs(ctx, comp, project, manifest, step)
+        keep_logs(ctx, project, step)
         raise ReleaseError(
             f"{service} did not become healthy: {manifest.health.endpoint} {probed.summary}",
             untouched="the services after it: they were not touched; "
@@ -149,17 +134,16 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
     try:
         _run_hooks(ctx, manifest, POST_HOOKS, step)
     except ReleaseError:
-        _keep_logs(ctx, comp, project, manifest, step)
+        keep_logs(ctx, project, step)
         raise
     step.log_fields.update(health=probed.summary)
     return probed
 
 
-def _keep_logs(ctx, comp, project: str, manifest: Manifest, step: Step) -> None:
-    text = compose.container_logs(
-        ctx.runner, comp, project, manifest.compose_file, manifest.containers
-    )
-    step.detail(f"container logs of {manifest.service} (last {compose.LOG_TAIL} lines)", text)
+def keep_logs(ctx: ReleaseContext, project: ComposeProject, step: Step) -> None:
+    """The containers' log tail, into the step's report details."""
+    who = step.service or " ".join(project.services)
+    step.detail(f"container logs of {who} (last {LOG_TAIL} lines)", ctx.host.logs(project))
 
 
 def probe_table(result: health.HealthResult) -> str:

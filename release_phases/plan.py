@@ -12,10 +12,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from release_phases import PHASES, gitops, manifest, scripts
+from release_phases import PHASES, manifest, scripts
 from release_phases import state as statefile
 from release_phases.context import ReleaseContext
 from release_phases.errors import ConfigError, ReleaseError
+from release_phases.host import git
 from release_phases.manifest import Manifest
 
 
@@ -164,7 +165,7 @@ def services_between(
 ) -> tuple[list[str], dict[str, Manifest]]:
     """Changed `packages/<service>/` with a manifest at `merge`, validated as of `merge`."""
     found: dict[str, Manifest] = {}
-    for service in gitops.changed_services(ctx.git.changed_files(base, merge)):
+    for service in git.changed_services(ctx.git.changed_files(base, merge)):
         rel = f"packages/{service}"
         text = ctx.git.show(merge, f"{rel}/manifest.yaml")
         if text is None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from release_phases import backup, compose, hostchecks, manifest
+from release_phases import backup, hostchecks, manifest
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
+from release_phases.host import compose
 from release_phases.plan import services_between
 from release_phases.scripts import find_ticket_scripts
 
@@ -154,4 +155,4 @@ def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord:
         project = compose.project_name(
             declared.compose_file, text=ctx.git.show(base, compose_rel) or ""
         )
-    return backup.take(ctx.docker, declared, project, ctx.backups_root)
+    return backup.take(ctx.host.engine.client, declared, project, ctx.backups_root)

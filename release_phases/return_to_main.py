@@ -8,9 +8,10 @@ since each needs a release.
 
 from __future__ import annotations
 
-from release_phases import gitops, hostchecks
+from release_phases import hostchecks
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
+from release_phases.host import git
 
 MAIN = "main"
 
@@ -47,7 +48,7 @@ def check_merged(ctx: ReleaseContext) -> tuple[str, str]:
 
 
 def switch_to_main(ctx: ReleaseContext) -> str:
-    checkout = ctx.runner.run(gitops.checkout_argv(ctx.repo, MAIN), check=False)
+    checkout = ctx.git.checkout(MAIN)
     if not checkout.ok:
         raise ReleaseError(
             f"`git checkout {MAIN}` failed:\n{checkout.tail(15)}",
@@ -85,5 +86,5 @@ def clean_state(ctx: ReleaseContext, deployed: str) -> list[str]:
             untouched="the containers: nothing was restarted",
             next_command="fix by hand (git status), then pytest -m return_to_main",
         )
-    drift = gitops.changed_services(ctx.git.changed_files(deployed, head))
+    drift = git.changed_services(ctx.git.changed_files(deployed, head))
     return [s for s in drift if (ctx.repo / "packages" / s / "manifest.yaml").exists()]

@@ -8,15 +8,15 @@ no commit yet is dropped and applied again.
 
 from __future__ import annotations
 
-from release_phases import backup, compose, gitops, health, hostchecks
+from release_phases import backup, health, hostchecks
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
+from release_phases.host import git
+from release_phases.host.shell import render
 from release_phases.manifest import Manifest
-from release_phases.migrate import probe_table
-from release_phases.shell import render
+from release_phases.migrate import keep_logs, probe_table
 from release_phases.steps import Step
 
-WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
 NOTHING_REVERTED = "everything: nothing was reverted"
 
 
@@ -43,7 +43,7 @@ def preflight(ctx: ReleaseContext) -> list[str]:
     )
     if dirty and half_done and not ctx.options.skip_git and ctx.git.staged_only():
         # Our own revert, interrupted before its commit: drop it and apply it again.
-        ctx.runner.run(gitops.abort_revert_argv(ctx.repo))
+        ctx.git.abort_revert()
         lines.append("dropped a revert left half-applied by an interrupted run")
     else:
         hostchecks.refuse_dirty(ctx, dirty, NOTHING_REVERTED)
@@ -84,18 +84,18 @@ def revert_code(ctx: ReleaseContext) -> tuple[str, list[str]]:
             + ctx.options.command("--skip-git"),
             step="git-revert",
         )
-    argvs = [gitops.revert_argv(ctx.repo, sha, merge=ctx.git.is_merge(sha)) for sha in chain]
+    argvs = [git.revert_argv(ctx.repo, sha, merge=ctx.git.is_merge(sha)) for sha in chain]
     how = "merge commit" if len(chain) == 1 and ctx.git.is_merge(chain[0]) else "range"
     message = (
         f"Revert ticket {ctx.ticket}: undo {st.base_sha[:12]}..{st.merge_sha[:12]} ({how})\n\n"
         f"Released as MERGE_SHA {st.merge_sha} on top of BASE_SHA {st.base_sha}.\n\n"
         f"{trailer(ctx)}"
     )
-    argvs.append(gitops.commit_argv(ctx.repo, message))
+    argvs.append(git.commit_argv(ctx.repo, message))
     for argv in argvs:
-        result = ctx.runner.run(argv, check=False)
+        result = ctx.git.apply(argv)
         if not result.ok:
-            ctx.runner.run(gitops.abort_revert_argv(ctx.repo))
+            ctx.git.abort_revert()
             raise ReleaseError(
                 f"`{render(argv)}` failed (a conflict with later commits?):\n{result.tail(15)}",
                 untouched=f"the code: the half revert was dropped, HEAD is still {head}",
@@ -111,12 +111,6 @@ def _service_manifest(ctx: ReleaseContext, service: str) -> Manifest | None:
     if not (ctx.repo / "packages" / service / "manifest.yaml").exists():
         return None
     return ctx.manifest(service)
-
-
-def _added_containers(ctx: ReleaseContext, service: str):
-    """Containers compose made from the service's package directory."""
-    where = str(ctx.repo / "packages" / service)
-    return ctx.docker.containers.list(all=True, filters={"label": f"{WORKING_DIR_LABEL}={where}"})
 
 
 def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
@@ -152,7 +146,8 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
             raise
     if manifest is None:
         # Added by the release: its compose file went with the revert.
-        containers = _added_containers(ctx, service)
+        # Compose labels its containers with the directory of the compose file.
+        containers = ctx.host.engine.containers_made_in(str(ctx.repo / "packages" / service))
         for c in containers:
             c.remove(force=True)
         step.detail(
@@ -161,18 +156,20 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
             + (" ".join(c.name for c in containers) or "(none)"),
         )
         return
-    comp = compose.detect(ctx.runner)
-    project = compose.project_name(manifest.compose_file)
-    args = (comp, project, manifest.compose_file, manifest.containers)
-    stop = compose.stop(*args, ctx.options.stop_timeout)
-    stopped = ctx.runner.run(stop, timeout=ctx.options.compose_timeout)
+    project = ctx.project(manifest)
+    timeout = ctx.options.compose_timeout
+    stop = project.stop()
+    stopped = ctx.host.run(stop, timeout=timeout)
     step.detail("compose stop", f"$ {render(stop)}\n{stopped.output}")
-    create = compose.up(*args, ctx.options.stop_timeout, start=False)
-    created = ctx.runner.run(create, timeout=ctx.options.compose_timeout, stream=True)
+    create = project.up(start=False)
+    created = ctx.host.run(create, timeout=timeout, stream=True)
     step.detail("compose up --no-start", f"$ {render(create)}\n{created.output}")
     if restoring:
+        assert stamp is not None  # checked above, before anything stopped
         try:
-            report = backup.restore(ctx.docker, manifest, project, ctx.backups_root, stamp)
+            report = backup.restore(
+                ctx.host.engine.client, manifest, project.name, ctx.backups_root, stamp
+            )
         except ReleaseError as exc:
             exc.untouched = f"{service} is stopped at the reverted code; {exc.untouched}"
             exc.step = "restore"
@@ -180,15 +177,15 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
         step.detail("restore", "\n".join(report.actions) + f"\nundo: stamp {report.undo_stamp}")
     else:
         step.detail("data", "--skip-data: the backup was not restored")
-    start = compose.start(*args)
-    started = ctx.runner.run(start, timeout=ctx.options.compose_timeout)
+    start = project.start()
+    started = ctx.host.run(start, timeout=timeout)
     step.detail("compose start", f"$ {render(start)}\n{started.output}")
     probed = health.wait_healthy(
         manifest.health.endpoint, manifest.health.expected_code, manifest.health.timeout
     )
     step.detail("health probes", probe_table(probed))
     if not probed.ok:
-        step.detail("container logs", compose.container_logs(ctx.runner, *args))
+        keep_logs(ctx, project, step)
         raise ReleaseError(
             f"{service} is back at the old code but not healthy: {probed.summary}",
             untouched="the services after it in the revert order",
@@ -199,11 +196,11 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
 
 
 def push(ctx: ReleaseContext) -> str:
-    argv = gitops.push_argv(ctx.repo, ctx.state.branch)
-    result = ctx.runner.run(argv, check=False, timeout=300)
+    result = ctx.git.push(ctx.state.branch)
     if not result.ok:
         raise ReleaseError(
-            f"`{render(argv)}` was refused (origin/{ctx.state.branch} moved?):\n{result.tail(15)}",
+            f"`{render(result.argv)}` was refused (origin/{ctx.state.branch} moved?):\n"
+            f"{result.tail(15)}",
             untouched=f"the local revert commit {ctx.git.head()} is kept; containers and data "
             "are already reverted",
             next_command=f"`git -C {ctx.repo} pull --rebase origin {ctx.state.branch}`, "

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from release_phases.errors import ConfigError, ReleaseError
-from release_phases.shell import Result, Runner, render
+from release_phases.host import Host
+from release_phases.host.shell import Result, render
 
 HOOKS = ("pre_start_init", "post_start_init", "ensure-config")
 
@@ -229,7 +230,7 @@ class ScriptFailed(ReleaseError):
 def run_script(
     script: Script,
     *,
-    runner: Runner,
+    host: Host,
     env: Mapping[str, str],
     cwd: Path,
     timeout: float,
@@ -237,7 +238,7 @@ def run_script(
 ) -> Result:
     """Run ``script`` in ``cwd`` (the deploy repo), its output streamed and kept."""
     command = argv(script, {script.kind: resolve_runtime(script.kind, lookup=lookup)})
-    result = runner.run(command, cwd=cwd, env=env, timeout=timeout, stream=True, check=False)
+    result = host.run(command, cwd=cwd, env=env, timeout=timeout, stream=True, check=False)
     if not result.ok:
         assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         by_hand = f"cd {shlex.quote(str(cwd))} && {assignments} {render(command)}"

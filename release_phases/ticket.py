@@ -21,7 +21,7 @@ def run_ticket_scripts(ctx: ReleaseContext, step: Step) -> list[str]:
         try:
             result = scripts.run_script(
                 script,
-                runner=ctx.runner,
+                host=ctx.host,
                 env=ctx.script_env(),
                 cwd=ctx.repo,
                 timeout=ctx.options.script_timeout,

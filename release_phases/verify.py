@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import docker.errors
-
-from release_phases import compose, health
+from release_phases import health
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 from release_phases.manifest import Manifest
@@ -47,15 +45,11 @@ class RunningImage:
 
 
 def running_images(ctx: ReleaseContext, service: str) -> list[RunningImage]:
-    manifest = ctx.manifest(service)
-    project = compose.project_name(manifest.compose_file)
-    found = []
-    for name in manifest.containers:
-        for c in compose.containers(ctx.docker, project, name):
-            found.append(
-                RunningImage(c.name, c.attrs["Config"]["Image"], c.attrs["Image"], c.status)
-            )
-    return found
+    project = ctx.project(ctx.manifest(service))
+    return [
+        RunningImage(c.name, c.attrs["Config"]["Image"], c.attrs["Image"], c.status)
+        for c in ctx.host.engine.containers_of_all(project.name, project.services)
+    ]
 
 
 @dataclass(frozen=True)
@@ -92,10 +86,7 @@ def image(ctx: ReleaseContext, service: str) -> Check:
     """Every container of the service runs image.name:image.tag as that tag resolves now."""
     manifest = ctx.manifest(service)
     expected = manifest.image.ref
-    try:
-        expected_id = ctx.docker.images.get(expected).id
-    except docker.errors.ImageNotFound:
-        expected_id = "(not on this host)"
+    expected_id = ctx.host.engine.image_id(expected) or "(not on this host)"
     running = running_images(ctx, service)
     lines = [f"expected {expected} = {expected_id}"]
     lines += [

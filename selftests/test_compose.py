@@ -9,15 +9,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from release_phases import compose
-from release_phases.compose import Compose
 from release_phases.errors import ConfigError, ReleaseError
 from release_phases.health import wait_healthy
-from release_phases.shell import CommandFailed, Runner, render
+from release_phases.host import Host, compose
+from release_phases.host.compose import Compose, ComposeProject
+from release_phases.host.engine import Engine
+from release_phases.host.shell import CommandFailed, Runner, render
 
 V2 = Compose(prefix=("/usr/bin/docker", "compose"), version="2.40.3")
 FILE = Path("/srv/deploy/packages/web/compose.yaml")
 BASE = ["/usr/bin/docker", "compose", "-p", "web", "-f", str(FILE)]
+
+
+def web(*services: str, stop_timeout: int | None = 3, found: Compose = V2) -> ComposeProject:
+    return ComposeProject(found, "web", FILE, services or ("web",), stop_timeout)
 V1_BINARY = "/usr/bin/docker-compose"
 
 
@@ -25,28 +30,36 @@ V1_BINARY = "/usr/bin/docker-compose"
 
 
 def test_up_recreates_exactly_the_named_containers() -> None:
-    argv = compose.up(V2, "web", FILE, ("web", "worker"), stop_timeout=10)
+    argv = web("web", "worker", stop_timeout=10).up()
     assert argv == [
         *BASE,
         *("up", "-d", "--no-deps", "--force-recreate", "--timeout", "10", "web", "worker"),
     ]
+    created = web(stop_timeout=10).up(start=False)
+    assert created[len(BASE) : len(BASE) + 2] == ["up", "--no-start"]
 
 
-def test_stop_start_ps_logs_and_config_are_scoped_to_the_project() -> None:
-    assert compose.stop(V2, "web", FILE, ["web"], 3) == [*BASE, "stop", "--timeout", "3", "web"]
-    assert compose.start(V2, "web", FILE, ["web"]) == [*BASE, "start", "web"]
-    assert compose.logs(V2, "web", FILE, ["web"]) == [
-        *(*BASE, "logs", "--no-color", "--tail", "200", "web"),
-    ]
-    assert compose.logs(V2, "web", FILE, ["web"], tail=5)[-2:] == ["5", "web"]
-    assert compose.config_images(V2, "web", FILE, ["web"]) == [
-        *(*BASE, "config", "--format", "json", "web"),
-    ]
+def test_stop_start_ps_logs_pull_build_and_config_are_scoped_to_the_project() -> None:
+    assert web().stop() == [*BASE, "stop", "--timeout", "3", "web"]
+    assert web().start() == [*BASE, "start", "web"]
+    assert web().logs() == [*BASE, "logs", "--no-color", "--tail", "200", "web"]
+    assert web().logs(tail=5)[-2:] == ["5", "web"]
+    assert web().config() == [*BASE, "config", "--format", "json", "web"]
+    assert web().pull() == [*BASE, "pull", "web"]
+    assert web().build() == [*BASE, "build", "web"]
+    assert web().argv("ps") == [*BASE, "ps"]
+
+
+def test_no_stop_timeout_leaves_it_to_compose() -> None:
+    """None: the compose file's stop_grace_period (else Compose's default) decides."""
+    assert web(stop_timeout=None).stop() == [*BASE, "stop", "web"]
+    assert "--timeout" not in web(stop_timeout=None).up()
 
 
 def test_commands_render_as_an_operator_would_type_them() -> None:
     spaced = Compose(prefix=("/opt/my tools/docker-compose",), version="2.40.3")
-    argv = compose.start(spaced, "web", Path("/srv/a b/compose.yaml"), ["web"])
+    project = ComposeProject(spaced, "web", Path("/srv/a b/compose.yaml"), ("web",))
+    argv = project.start()
     assert (
         render(argv) == "'/opt/my tools/docker-compose' -p web -f '/srv/a b/compose.yaml' start web"
     )
@@ -264,31 +277,30 @@ def test_recreate_moves_a_running_service_to_a_new_tag(
     make_service("web", tag="2")  # build the next image now, as a release would find it
     deploy.write_service(svc)
     file = deploy.dev / "packages" / "web" / "compose.yaml"
-    found = compose.detect()
-    project = compose.project_name(file)
-    assert project == svc.project
-    projects(found, project, file)
-    runner = Runner()
+    host = Host(deploy.dev)
+    project = ComposeProject(host.compose, compose.project_name(file), file, ("web",), 1)
+    assert project.name == svc.project
+    projects(host.compose, project.name, file)
 
-    compose.recreate(runner, found, project, file, ["web"], stop_timeout=1)
+    host.recreate(project, timeout=120)
     assert wait_healthy(svc.endpoint, 200, timeout=15).ok
-    [before] = compose.containers(docker_client, project, "web")
+    [before] = host.engine.containers_of(project.name, "web")
     assert before.image.tags == [f"{svc.repository}:1"]
     assert _version(svc.port) == "1"
 
     svc.tag = "2"
     deploy.write_service(svc)
-    assert compose.missing_images(docker_client, found, project, file, ["web"]) == []
-    result = compose.recreate(runner, found, project, file, ["web"], stop_timeout=1)
+    assert host.missing_images(project) == []
+    result = host.recreate(project, timeout=120)
     assert result.ok
     health = wait_healthy(svc.endpoint, 200, timeout=15)
     assert health.ok, health.summary
-    [after] = compose.containers(docker_client, project, "web")
+    [after] = host.engine.containers_of(project.name, "web")
     assert after.id != before.id
     assert after.image.tags == [f"{svc.repository}:2"]
     assert after.status == "running"
     assert _version(svc.port) == "2"
-    assert isinstance(compose.container_logs(runner, found, project, file, ["web"]), str)
+    assert isinstance(host.logs(project), str)
 
 
 @pytest.mark.docker
@@ -300,27 +312,25 @@ def test_missing_images_names_the_absent_image_before_anything_is_touched(
     absent.tag = "never-built"
     deploy.write_service(absent)
     file = deploy.dev / "packages" / "api" / "compose.yaml"
-    found = compose.detect()
-    project = compose.project_name(file)
+    host = Host(deploy.dev)
+    project = ComposeProject(host.compose, compose.project_name(file), file, ("api",))
 
-    assert compose.missing_images(docker_client, found, project, file, ["api"]) == [
-        f"{svc.repository}:never-built"
-    ]
-    assert compose.containers(docker_client, project, "api") == []
+    assert host.missing_images(project) == [f"{svc.repository}:never-built"]
+    assert Engine().containers_of(project.name, "api") == []
 
     deploy.write_service(svc)
-    assert compose.missing_images(docker_client, found, project, file, ["api"]) == []
+    assert host.missing_images(project) == []
 
 
 @pytest.mark.docker
 def test_missing_images_of_an_unknown_service_is_an_error(deploy, make_service) -> None:
-    import docker
-
     svc = make_service("api", tag="1")
     deploy.write_service(svc)
     file = deploy.dev / "packages" / "api" / "compose.yaml"
+    host = Host(deploy.dev)
+    project = ComposeProject(host.compose, svc.project, file, ("nosuch",))
     with pytest.raises(CommandFailed, match="no such service: nosuch"):
-        compose.missing_images(docker.from_env(), compose.detect(), svc.project, file, ["nosuch"])
+        host.missing_images(project)
 
 
 @pytest.mark.docker
@@ -331,9 +341,10 @@ def test_a_failing_recreate_names_the_logs_command(
     svc.tag = "never-built"
     deploy.write_service(svc)
     file = deploy.dev / "packages" / "bad" / "compose.yaml"
-    found = compose.detect()
-    projects(found, svc.project, file)
+    host = Host(deploy.dev)
+    project = ComposeProject(host.compose, svc.project, file, ("bad",), 1)
+    projects(host.compose, svc.project, file)
     with pytest.raises(CommandFailed) as raised:
-        compose.recreate(Runner(), found, svc.project, file, ["bad"], stop_timeout=1, timeout=120)
+        host.recreate(project, timeout=120)
     assert raised.value.result.returncode != 0
-    assert raised.value.next_command == render(compose.logs(found, svc.project, file, ["bad"]))
+    assert raised.value.next_command == render(project.logs())

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import git
+import pytest
 
-from release_phases import gitops
-from release_phases.shell import Runner
+from release_phases.host import git as gitops
+from release_phases.host.shell import Runner
 
 
 def test_changed_services_are_package_dirs_sorted_once():
@@ -47,7 +48,7 @@ def test_show_bytes_is_exact_and_dirty_ignores_the_engines_own_files(tmp_path):
     (tmp_path / "blob.bin").write_bytes(data)
     repo.index.add(["blob.bin"])
     repo.index.commit("binary")
-    ops = gitops.Repo(tmp_path, Runner())
+    ops = gitops.Git(tmp_path, Runner())
     assert ops.show_bytes("HEAD", "blob.bin") == data
     (tmp_path / ".asd").mkdir()
     (tmp_path / ".asd" / "state.env").write_text("x")
@@ -56,3 +57,11 @@ def test_show_bytes_is_exact_and_dirty_ignores_the_engines_own_files(tmp_path):
     assert ops.dirty() == []
     (tmp_path / "stray.txt").write_text("x")
     assert ops.dirty() == ["?? stray.txt"]
+
+
+def test_a_failing_read_names_the_command_and_gits_words(tmp_path):
+    git.Repo.init(tmp_path, initial_branch="main")
+    ops = gitops.Git(tmp_path, Runner())
+    assert ops.resolve("main") is None, "a missing ref is an answer, not an error"
+    with pytest.raises(gitops.GitError, match=r"rev-parse HEAD` exited"):
+        ops.head()  # an empty repository has no HEAD commit: an error, never a guess

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from release_phases.errors import ConfigError, ReleaseError
+from release_phases.host import Host
+from release_phases.host.shell import Runner
 from release_phases.scripts import (
     INSTALL_TS,
     Lookup,
@@ -24,7 +26,6 @@ from release_phases.scripts import (
     run_script,
     script_env,
 )
-from release_phases.shell import Runner
 
 DOCUMENTED = (
     "TICKET",
@@ -111,7 +112,12 @@ def expected(repo: Path, *, service: str) -> dict[str, str]:
 def run(script: Script, repo: Path, *, service: str | None = None, timeout: float = 30, **kw):
     runner = Runner(stream_to=io.StringIO())
     result = run_script(
-        script, runner=runner, env=env_for(repo, service=service), cwd=repo, timeout=timeout, **kw
+        script,
+        host=Host(repo, runner),
+        env=env_for(repo, service=service),
+        cwd=repo,
+        timeout=timeout,
+        **kw,
     )
     return result, runner
 

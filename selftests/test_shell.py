@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from release_phases.shell import CommandFailed, Runner, render
+from release_phases.host.shell import CommandFailed, Runner, render
 
 
 class Clocked:
@@ -122,3 +122,18 @@ def test_stdin_is_fed_and_output_kept_without_streaming() -> None:
 def test_output_is_decoded_as_text_mode_would() -> None:
     result = Runner().run(["printf", "caf\\303\\251\\r\\nbad \\377\\n"])
     assert result.output == "café\nbad \ufffd\n"
+
+
+def test_read_keeps_stdout_exact_and_stderr_apart():
+    found = Runner().read(
+        [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'\\x00\\xff\\n'); "
+         "sys.stderr.write('warn')"],
+        timeout=30,
+    )
+    assert found.ok and found.stdout == b"\x00\xff\n" and found.stderr == "warn"
+
+
+def test_read_kills_a_hung_query_at_its_timeout():
+    found = Runner().read(["bash", "-c", "sleep 30 & wait"], timeout=0.5)
+    assert found.timed_out and not found.ok and found.returncode == 124
+    assert found.duration < 10

@@ -1,8 +1,9 @@
-"""Git, for the deploy repo: reads through GitPython, changes as argv run by the Runner.
+"""Git, for the deploy repo: every command, reads included, an argv run by the Runner.
 
 Changing commands (fetch, pull, checkout, revert, push) are built as argv lists by
 the small functions at the top, so they can be shown in the plan and the report
-and tested without a repository; `Repo` below runs them.
+and tested without a repository; `Git` below runs them, and its reads, each with
+a timeout, so a hung filesystem or a stuck hook cannot hang a release.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import git
-
-from release_phases.shell import Result, Runner
+from release_phases.errors import ReleaseError
+from release_phases.host.shell import Read, Result, Runner, render
 
 #: The engine's own files never make the worktree dirty.
 OWN_PATHS = (".asd", "reports", ".pytest_cache")
@@ -69,94 +69,110 @@ def checkout_argv(repo: Path, branch: str) -> list[str]:
     return ["git", "-C", str(repo), "checkout", "--quiet", branch]
 
 
+#: Seconds a read of the local repository may take before it counts as hung.
+READ_TIMEOUT = 60.0
+FETCH_TIMEOUT = 120.0
+PULL_TIMEOUT = 300.0
+
+
+class GitError(ReleaseError):
+    """A read of the local repository failed where it must not (not a "no such ref")."""
+
+
 @dataclass
-class Repo:
+class Git:
+    """One deploy repository, every git command of it run by the one Runner.
+
+    Reads answer questions (`head`, `show`, `changed_files`); a read that may
+    legitimately find nothing returns None or an empty list, any other failure
+    raises `GitError` with git's own words.
+    """
+
     path: Path
     runner: Runner
 
-    @property
-    def _git(self) -> git.Git:
-        return git.Repo(self.path).git
+    def _argv(self, *args: str) -> list[str]:
+        # quotepath=off: a non-ASCII path is printed as is, not as a quoted escape.
+        return ["git", "-C", str(self.path), "-c", "core.quotepath=off", *args]
+
+    def _read(self, *args: str) -> Read:
+        return self.runner.read(self._argv(*args), timeout=READ_TIMEOUT)
+
+    def _out(self, *args: str) -> str:
+        """The read's output, stripped; a failure is an error."""
+        result = self._read(*args)
+        if not result.ok:
+            how = "timed out" if result.timed_out else f"exited {result.returncode}"
+            raise GitError(
+                f"`{render(result.argv)}` {how}: {result.stderr.strip()}",
+                untouched="everything: this was a read",
+                next_command=f"check the repository: git -C {self.path} status",
+                rc=result.returncode,
+            )
+        return result.text.strip()
+
+    def _maybe(self, *args: str) -> str | None:
+        """The read's output, or None when git says no (a missing ref or path)."""
+        result = self._read(*args)
+        return result.text.strip() if result.ok else None
 
     # -- reads --------------------------------------------------------------------------
     def head(self) -> str:
-        return self._git.rev_parse("HEAD")
+        return self._out("rev-parse", "HEAD")
 
     def branch(self) -> str | None:
         """The checked-out branch, or None on a detached HEAD."""
-        try:
-            return self._git.symbolic_ref("--quiet", "--short", "HEAD")
-        except git.GitCommandError:
-            return None
+        return self._maybe("symbolic-ref", "--quiet", "--short", "HEAD")
 
     def resolve(self, ref: str) -> str | None:
-        try:
-            return self._git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}")
-        except git.GitCommandError:
-            return None
+        return self._maybe("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
 
     def is_ancestor(self, older: str, newer: str) -> bool:
-        try:
-            self._git.merge_base("--is-ancestor", older, newer)
-            return True
-        except git.GitCommandError:
-            return False
+        return self._read("merge-base", "--is-ancestor", older, newer).ok
 
     def dirty(self) -> list[str]:
-        out = self.runner.run(status_argv(self.path)).output
-        return [line for line in out.splitlines() if line.strip()]
+        return self.runner.read(status_argv(self.path), timeout=READ_TIMEOUT).lines()
 
     def changed_files(self, base: str, merge: str) -> list[str]:
-        out = self._git.diff("--name-only", "--no-renames", f"{base}...{merge}")
+        out = self._out("diff", "--name-only", "--no-renames", f"{base}...{merge}")
         return [line for line in out.splitlines() if line]
 
     def show(self, ref: str, path: str) -> str | None:
-        try:
-            return self._git.show(f"{ref}:{path}")
-        except git.GitCommandError:
-            return None
+        result = self._read("show", f"{ref}:{path}")
+        return result.text if result.ok else None
 
     def show_bytes(self, ref: str, path: str) -> bytes:
         """A file's exact content at `ref` (binary files included)."""
-        return self._git.show(
-            f"{ref}:{path}", stdout_as_string=False, strip_newline_in_stdout=False
-        )
+        result = self._read("show", f"{ref}:{path}")
+        if not result.ok:
+            self._out("show", f"{ref}:{path}")  # raises with git's message
+        return result.stdout
 
     def exists(self, ref: str, path: str) -> bool:
-        try:
-            self._git.cat_file("-e", f"{ref}:{path}")
-            return True
-        except git.GitCommandError:
-            return False
+        return self._read("cat-file", "-e", f"{ref}:{path}").ok
 
     def list_dir(self, ref: str, path: str) -> list[str]:
-        try:
-            out = self._git.ls_tree("--name-only", ref, f"{path.rstrip('/')}/")
-        except git.GitCommandError:
-            return []
-        return [PurePosixPath(line).name for line in out.splitlines() if line]
+        found = self._maybe("ls-tree", "--name-only", ref, f"{path.rstrip('/')}/")
+        return [PurePosixPath(line).name for line in (found or "").splitlines() if line]
 
     def files_under(self, ref: str, path: str) -> list[str]:
         """Every file below `path` at `ref`, recursively, as repo-relative paths."""
-        try:
-            out = self._git.ls_tree("-r", "--name-only", ref, f"{path.rstrip('/')}/")
-        except git.GitCommandError:
-            return []
-        return [line for line in out.splitlines() if line]
+        found = self._maybe("ls-tree", "-r", "--name-only", ref, f"{path.rstrip('/')}/")
+        return [line for line in (found or "").splitlines() if line]
 
     def subjects(self, base: str, merge: str) -> list[str]:
         """`<short sha> <subject>` for each commit in base..merge, newest first."""
-        out = self._git.log("--format=%h %s", f"{base}..{merge}")
+        out = self._out("log", "--format=%h %s", f"{base}..{merge}")
         return [line for line in out.splitlines() if line]
 
     def first_parent_chain(self, base: str, merge: str) -> list[str]:
         """The commits base..merge along first parents, newest first: what a release merged."""
-        out = self._git.rev_list("--first-parent", f"{base}..{merge}")
+        out = self._out("rev-list", "--first-parent", f"{base}..{merge}")
         return [line for line in out.splitlines() if line]
 
     def find_commit(self, since: str, line: str) -> str | None:
         """The newest commit in since..HEAD whose message has exactly this line."""
-        out = self._git.log("--format=%H", "--fixed-strings", f"--grep={line}", f"{since}..HEAD")
+        out = self._out("log", "--format=%H", "--fixed-strings", f"--grep={line}", f"{since}..HEAD")
         found = [sha for sha in out.splitlines() if sha]
         return found[0] if found else None
 
@@ -166,24 +182,34 @@ class Repo:
         return bool(lines) and all(line[0] not in " ?" and line[1] == " " for line in lines)
 
     def is_merge(self, sha: str) -> bool:
-        return len(self._git.rev_list("--parents", "-n", "1", sha).split()) > 2
+        return len(self._out("rev-list", "--parents", "-n", "1", sha).split()) > 2
 
     def tree(self, ref: str, path: str = "") -> str:
         """The tree id of `path` at `ref` (empty when it does not exist there)."""
-        try:
-            return self._git.rev_parse(f"{ref}:{path}")
-        except git.GitCommandError:
-            return ""
+        return self._maybe("rev-parse", f"{ref}:{path}") or ""
 
     # -- changes ------------------------------------------------------------------------
     def fetch(self) -> Result:
-        return self.runner.run(fetch_argv(self.path), timeout=120)
+        return self.runner.run(fetch_argv(self.path), timeout=FETCH_TIMEOUT)
 
     def pull(self, branch: str) -> Result:
-        return self.runner.run(pull_argv(self.path, branch), timeout=300, check=False)
+        return self.runner.run(pull_argv(self.path, branch), timeout=PULL_TIMEOUT, check=False)
 
     def switch(self, branch: str) -> Result:
-        return self.runner.run(switch_argv(self.path, branch))
+        return self.runner.run(switch_argv(self.path, branch), timeout=READ_TIMEOUT)
+
+    def checkout(self, branch: str) -> Result:
+        return self.runner.run(checkout_argv(self.path, branch), timeout=READ_TIMEOUT, check=False)
+
+    def apply(self, argv: list[str]) -> Result:
+        """Run one change built by the `*_argv` functions above (a revert, a commit)."""
+        return self.runner.run(argv, timeout=PULL_TIMEOUT, check=False)
+
+    def abort_revert(self) -> Result:
+        return self.runner.run(abort_revert_argv(self.path), timeout=READ_TIMEOUT)
+
+    def push(self, branch: str) -> Result:
+        return self.runner.run(push_argv(self.path, branch), timeout=PULL_TIMEOUT, check=False)
 
 
 def changed_services(files: list[str]) -> list[str]:

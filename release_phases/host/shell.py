@@ -129,6 +129,66 @@ class Runner:
             raise CommandFailed(result)
         return result
 
+    def read(self, argv: Argv, *, timeout: float, cwd: Path | str | None = None) -> Read:
+        """Run a short query for its exact stdout (bytes), stderr kept apart.
+
+        For reads whose output is data (a file's bytes at a commit), not text for
+        an operator: nothing is merged, decoded or streamed. On timeout the whole
+        process group is killed and the read says ``timed_out``.
+        """
+        argv = [str(a) for a in argv]
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            out, err = proc.communicate()
+            timed_out = True
+        finally:
+            if proc.returncode is None:  # interrupted (Ctrl-C): leave nothing running
+                _kill_group(proc)
+                proc.wait()
+        return Read(
+            argv=argv,
+            returncode=124 if timed_out else proc.returncode,
+            stdout=out,
+            stderr=err.decode(errors="replace"),
+            duration=time.monotonic() - start,
+            timed_out=timed_out,
+        )
+
+
+@dataclass(frozen=True)
+class Read:
+    """What a query printed: its exact stdout, and stderr for the error message."""
+
+    argv: list[str]
+    returncode: int
+    stdout: bytes
+    stderr: str
+    duration: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
+
+    def lines(self) -> list[str]:
+        return [line for line in self.text.splitlines() if line]
+
 
 # How long to keep reading after the command exited or was killed: output still in
 # flight arrives within it, while a child that kept the pipe open is not waited for.
@@ -230,8 +290,3 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 DEFAULT = Runner()
-
-
-def run(argv: Argv, **kwargs: object) -> Result:
-    """Run with the process-wide runner (see ``Runner.run``)."""
-    return DEFAULT.run(argv, **kwargs)  # type: ignore[arg-type]

@@ -1,8 +1,8 @@
 """Docker Compose: which binary to drive, and the commands the release runs with it.
 
-Commands are built as data by small pure functions (``up``, ``stop``, ``logs`` ...)
-so they can be shown and unit-tested without a host; ``recreate``,
-``container_logs`` and ``missing_images`` run them through a ``Runner``.
+Commands are built as data by ``ComposeProject`` (``up``, ``stop``, ``logs`` ...), one
+object per service, so they can be shown and unit-tested without a host; the host
+layer (``release_phases.host``) runs them.
 
 Compose is chosen by what it says it is, not by its name. Only Compose v2 is
 driven: v1 ignores flags it does not know and still exits 0, so a v2 flag passed
@@ -21,18 +21,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import docker
-import docker.errors
 import yaml
-from docker.models.containers import Container
 
 from release_phases.errors import ConfigError, ReleaseError
-from release_phases.shell import DEFAULT, Argv, CommandFailed, Result, Runner, render
+from release_phases.host.shell import DEFAULT, Argv, Runner, render
+from release_phases.manifest import Manifest
 
 OVERRIDE_ENV = "RELEASE_PHASES_COMPOSE"
-PROJECT_LABEL = "com.docker.compose.project"
-SERVICE_LABEL = "com.docker.compose.service"
-NUMBER_LABEL = "com.docker.compose.container-number"
 LOG_TAIL = 200
 DETECT_TIMEOUT = 30.0
 INSTALL_HINT = (
@@ -226,128 +221,69 @@ def project_name(compose_file: Path, text: str | None = None) -> str:
 # -- commands as data ------------------------------------------------------------------------
 
 
-def _project(compose: Compose, project: str, compose_file: Path) -> list[str]:
-    return [*compose.prefix, "-p", project, "-f", str(compose_file)]
+@dataclass(frozen=True)
+class ComposeProject:
+    """One service's compose project, bound once: which Compose, project, file, services.
 
-
-def up(
-    compose: Compose,
-    project: str,
-    compose_file: Path,
-    containers: Sequence[str],
-    stop_timeout: int,
-    *,
-    start: bool = True,
-) -> list[str]:
-    """Recreate exactly ``containers`` (not their dependencies), detached; with
-    ``start=False`` they are created but not started (revert restores data first)."""
-    return [
-        *_project(compose, project, compose_file),
-        "up",
-        "-d" if start else "--no-start",
-        *("--no-deps", "--force-recreate", "--timeout", str(stop_timeout)),
-        *containers,
-    ]
-
-
-def pull(
-    compose: Compose, project: str, compose_file: Path, containers: Sequence[str]
-) -> list[str]:
-    """Fetch the images ``containers`` need from their registry."""
-    return [*_project(compose, project, compose_file), "pull", *containers]
-
-
-def stop(
-    compose: Compose,
-    project: str,
-    compose_file: Path,
-    containers: Sequence[str],
-    stop_timeout: int,
-) -> list[str]:
-    return [
-        *_project(compose, project, compose_file),
-        *("stop", "--timeout", str(stop_timeout)),
-        *containers,
-    ]
-
-
-def start(
-    compose: Compose, project: str, compose_file: Path, containers: Sequence[str]
-) -> list[str]:
-    return [*_project(compose, project, compose_file), "start", *containers]
-
-
-def logs(
-    compose: Compose,
-    project: str,
-    compose_file: Path,
-    containers: Sequence[str],
-    tail: int = LOG_TAIL,
-) -> list[str]:
-    """The last ``tail`` lines of each container (Compose's --tail counts per container)."""
-    return [
-        *_project(compose, project, compose_file),
-        *("logs", "--no-color", "--tail", str(tail)),
-        *containers,
-    ]
-
-
-def config_images(
-    compose: Compose, project: str, compose_file: Path, containers: Sequence[str] = ()
-) -> list[str]:
-    """The resolved model of ``containers`` as JSON: each service's image and build.
-
-    JSON rather than ``config --images``: the latter also prints a made-up name
-    for services that Compose builds, which are never missing in that sense.
+    Every method returns an argv list and runs nothing, so a command can be shown
+    in a dry run or a report and tested without a host; `Host.run` executes them.
+    ``stop_timeout`` None leaves the stop timeout to Compose (the service's
+    ``stop_grace_period``, else Compose's default).
     """
-    return [
-        *_project(compose, project, compose_file),
-        *("config", "--format", "json"),
-        *containers,
-    ]
 
+    compose: Compose
+    name: str
+    file: Path
+    services: tuple[str, ...]
+    stop_timeout: int | None = None
 
-# -- running them ---------------------------------------------------------------------------
+    def argv(self, *args: str) -> list[str]:
+        """``compose -p NAME -f FILE`` and ``args``: any command, for this project."""
+        return [*self.compose.prefix, "-p", self.name, "-f", str(self.file), *args]
 
+    def _timeout(self) -> list[str]:
+        return [] if self.stop_timeout is None else ["--timeout", str(self.stop_timeout)]
 
-def recreate(
-    runner: Runner,
-    compose: Compose,
-    project: str,
-    compose_file: Path,
-    containers: Sequence[str],
-    stop_timeout: int,
-    *,
-    timeout: float | None = None,
-    stream: bool = False,
-) -> Result:
-    """Run ``up``; on failure raise CommandFailed naming the logs command to read."""
-    try:
-        return runner.run(
-            up(compose, project, compose_file, containers, stop_timeout),
-            timeout=timeout,
-            stream=stream,
+    def up(self, *, start: bool = True) -> list[str]:
+        """Recreate exactly the services (not their dependencies), detached; with
+        ``start=False`` they are created but not started (revert restores data first)."""
+        return self.argv(
+            "up",
+            "-d" if start else "--no-start",
+            "--no-deps",
+            "--force-recreate",
+            *self._timeout(),
+            *self.services,
         )
-    except CommandFailed as exc:
-        raise CommandFailed(
-            exc.result,
-            next_command=render(logs(compose, project, compose_file, containers)),
-        ) from None
+
+    def pull(self) -> list[str]:
+        """Fetch the images the services need from their registry."""
+        return self.argv("pull", *self.services)
+
+    def build(self) -> list[str]:
+        """Build the images of the services that have a ``build:`` section."""
+        return self.argv("build", *self.services)
+
+    def stop(self) -> list[str]:
+        return self.argv("stop", *self._timeout(), *self.services)
+
+    def start(self) -> list[str]:
+        return self.argv("start", *self.services)
+
+    def logs(self, tail: int = LOG_TAIL) -> list[str]:
+        """The last ``tail`` lines of each container (Compose's --tail counts per container)."""
+        return self.argv("logs", "--no-color", "--tail", str(tail), *self.services)
+
+    def config(self) -> list[str]:
+        """The resolved model of the services as JSON: each one's image and build.
+
+        JSON rather than ``config --images``: the latter also prints a made-up name
+        for services that Compose builds, which are never missing in that sense.
+        """
+        return self.argv("config", "--format", "json", *self.services)
 
 
-def container_logs(
-    runner: Runner,
-    compose: Compose,
-    project: str,
-    compose_file: Path,
-    containers: Sequence[str],
-    tail: int = LOG_TAIL,
-) -> str:
-    """The last ``tail`` log lines of each container; best effort, never raises on exit."""
-    result = runner.run(
-        logs(compose, project, compose_file, containers, tail), check=False, timeout=60
-    )
-    return result.output
+# -- reading what they print ------------------------------------------------------------------
 
 
 def json_document(output: str) -> dict:
@@ -386,46 +322,15 @@ def images_in_config(config: dict, containers: Sequence[str] = ()) -> list[str]:
     return images
 
 
-def missing_images(
-    client: docker.DockerClient,
-    compose: Compose,
-    project: str,
-    compose_file: Path,
-    containers: Sequence[str],
-    *,
-    runner: Runner | None = None,
-) -> list[str]:
-    """Images ``containers`` need that are not in the local engine (no registry asked)."""
-    runner = runner or DEFAULT
-    argv = config_images(compose, project, compose_file, containers)
-    result = runner.run(argv, check=False, timeout=60)
-    if not result.ok:
-        raise CommandFailed(
-            result,
-            untouched="every container: the compose file could not be read",
-            next_command=render(argv),
-        )
-    try:
-        images = images_in_config(json_document(result.output), containers)
-    except ValueError as exc:
-        raise ReleaseError(
-            f"cannot read the images of {', '.join(containers)} from `{render(argv)}`: {exc}",
-            untouched="every container",
-            next_command=render(argv),
-        ) from None
-    missing = []
-    for image in images:
-        try:
-            client.images.get(image)
-        except docker.errors.ImageNotFound:
-            missing.append(image)
-    return missing
-
-
-def containers(client: docker.DockerClient, project: str, service: str) -> list[Container]:
-    """The service's containers, stopped ones too, by Compose's labels, in number order."""
-    found = client.containers.list(
-        all=True,
-        filters={"label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"]},
+def project_of(
+    compose: Compose, manifest: Manifest, stop_timeout: int | None, text: str | None = None
+) -> ComposeProject:
+    """The compose project a manifest declares; ``text`` is the compose file's content at
+    a commit other than the worktree's (see `project_name`)."""
+    return ComposeProject(
+        compose=compose,
+        name=project_name(manifest.compose_file, text),
+        file=manifest.compose_file,
+        services=manifest.containers,
+        stop_timeout=stop_timeout,
     )
-    return sorted(found, key=lambda c: int(c.labels.get(NUMBER_LABEL, "0") or 0))

@@ -1,0 +1,108 @@
+"""The Docker Engine, asked through the Docker SDK: the one place that queries it.
+
+Compose's labels are defined here once; every question the release asks of the
+engine (the containers of a service, an image's id, a volume and who holds it)
+is a method of `Engine`. The SDK client is made on first use, so building an
+`Engine` costs nothing and a run that never asks never connects.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+    from docker.models.volumes import Volume
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+NUMBER_LABEL = "com.docker.compose.container-number"
+VOLUME_LABEL = "com.docker.compose.volume"
+WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
+#: The engine's own throwaway containers (a volume mounted to archive it).
+HELPER_LABEL = "io.release-phases.helper"
+
+
+def container_number(container: Container) -> int:
+    return int(container.labels.get(NUMBER_LABEL, "0") or 0)
+
+
+class Engine:
+    """Queries of the Docker Engine, through one lazily made SDK client."""
+
+    @cached_property
+    def client(self) -> docker.DockerClient:
+        import docker  # the SDK loads only when the engine is first asked
+
+        return docker.from_env()
+
+    def version(self) -> str:
+        info: dict[str, Any] = self.client.version()
+        return str(info.get("Version", "?"))
+
+    # -- containers ---------------------------------------------------------------------
+    def containers_of(self, project: str, service: str) -> list[Container]:
+        """A compose service's containers, stopped ones too, in container-number order."""
+        found = self.client.containers.list(
+            all=True,
+            filters={"label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"]},
+        )
+        return sorted(found, key=lambda c: (container_number(c), c.name))
+
+    def containers_of_all(self, project: str, services: tuple[str, ...]) -> list[Container]:
+        """The containers of several services of one project, service by service."""
+        return [c for service in services for c in self.containers_of(project, service)]
+
+    def containers_made_in(self, working_dir: str) -> list[Container]:
+        """Containers compose made from files in `working_dir`, whatever their project."""
+        return self.client.containers.list(
+            all=True, filters={"label": f"{WORKING_DIR_LABEL}={working_dir}"}
+        )
+
+    def volume_users(self, volume: str) -> list[Container]:
+        """Containers that mount the volume, other than the engine's own throwaway ones."""
+        found = self.client.containers.list(all=True, filters={"volume": volume})
+        return [c for c in found if HELPER_LABEL not in c.labels]
+
+    def stale_helpers(self, volume: str) -> list[Container]:
+        """Throwaway containers a killed run left holding the volume."""
+        return self.client.containers.list(
+            all=True, filters={"volume": volume, "label": f"{HELPER_LABEL}=1"}
+        )
+
+    # -- images and volumes -------------------------------------------------------------
+    def image_id(self, ref: str) -> str | None:
+        """The id `ref` resolves to on this host now, or None when it is not here."""
+        import docker.errors
+
+        try:
+            return str(self.client.images.get(ref).id)
+        except docker.errors.ImageNotFound:
+            return None
+
+    def volume(self, name: str) -> Volume | None:
+        import docker.errors
+
+        try:
+            return self.client.volumes.get(name)
+        except docker.errors.NotFound:
+            return None
+
+
+def project_volume(project: str, key: str) -> str:
+    """The name compose gives volume `key` of `project`."""
+    return f"{project}_{key}"
+
+
+def volume_create_argv(project: str, key: str) -> list[str]:
+    """Create a volume as compose would, labelled so that compose adopts it."""
+    return [
+        "docker",
+        "volume",
+        "create",
+        f"--label={PROJECT_LABEL}={project}",
+        f"--label={VOLUME_LABEL}={key}",
+        project_volume(project, key),
+    ]

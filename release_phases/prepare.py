@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from release_phases import backup, hostchecks, manifest
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
-from release_phases.host import compose
+from release_phases.host.compose import project_of
 from release_phases.plan import services_between
 from release_phases.scripts import find_ticket_scripts
 
@@ -142,7 +142,7 @@ def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord:
     text = ctx.git.show(base, f"{rel}/manifest.yaml")
     if text is None:
         declared = ctx.manifest(service)
-        project = compose.project_name(declared.compose_file)
+        project = ctx.project(declared)
     else:
         declared = manifest.parse(
             text,
@@ -152,7 +152,8 @@ def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord:
             exists=lambda name: ctx.git.exists(base, f"{rel}/{name}"),
         )
         compose_rel = f"{rel}/{declared.compose_file.name}"
-        project = compose.project_name(
-            declared.compose_file, text=ctx.git.show(base, compose_rel) or ""
+        compose_text = ctx.git.show(base, compose_rel) or ""
+        project = project_of(
+            ctx.host.compose, declared, ctx.options.stop_timeout, text=compose_text
         )
-    return backup.take(ctx.host.engine.client, declared, project, ctx.backups_root)
+    return backup.take(ctx.host.engine, declared, project, ctx.backups_root)

@@ -1,0 +1,73 @@
+"""Backups of a service's data: named Docker volumes and paths in its first container.
+
+Phase 1 calls ``take``; a revert calls ``restore``; ``verify`` checks a backup on disk.
+Everything goes through the Docker API (``get_archive``/``put_archive``), never through
+the host's ``/var/lib/docker``, so the same code works against any engine. What runs
+now is asked of ``host.engine.Engine``; every command an operator is told to run is
+the project's own (``ComposeProject.argv``), with the Compose the host detected.
+
+- ``record``: the record, its checksums, ``verify``;
+- ``deployed``: the service's containers and volumes as the engine sees them now;
+- ``take``: taking a backup; ``restore``: putting one back;
+- ``compare``: checking a restore member by member against the archive.
+
+On disk, under ``root`` (``journal.Paths(repo, ticket).backups``, which is
+``<repo>/.asd/workspace/backups``)::
+
+    <service>/<stamp>/                  stamp is YYYYmmdd_HHMMSS, UTC
+        01-volume-web-data.tar          one tar per entry that existed
+        02-path-srv-data.tar
+        SHA256SUMS                      `sha256sum -c SHA256SUMS` checks the archives
+                                        (empty when nothing was archived)
+        record.json                     written last: its presence means "complete"
+        replaced-<now>/                 what stood there before a restore, same layout
+
+A ``replaced-<now>`` directory is itself a backup whose stamp is
+``<stamp>/replaced-<now>``: restoring that stamp undoes the revert.
+
+How data is read and written:
+
+- A volume is mounted into a throwaway container that is created but never started
+  (image: the service's current container's, else the manifest image if it is
+  local), and archived with ``get_archive``. To restore, the volume is emptied and
+  the archive is put back with ``put_archive``. Emptying is exact either way: a
+  volume that no container holds is removed and recreated with the same name,
+  driver, options and labels; a volume still held by the service's *stopped*
+  containers cannot be removed, so a throwaway container from the service's image
+  is *started* once to run ``rm -rf`` on the volume's top-level entries.
+- A path is archived from the service's first container. To restore, the path is
+  first replaced by an empty file (``put_archive`` removes a directory it replaces
+  with a non-directory), then the archive is put back. This works on a stopped
+  container, so a restore never starts the service.
+- After restoring, each target is archived again and compared member by member
+  (name, type, mode, owner, mtime, link target, size and sha256 of the content)
+  with the backup; the backup's own checksums are verified before anything is
+  touched.
+
+Limitations, stated plainly:
+
+- A path is restored into the writable layer of the container that exists at
+  restore time. A container that compose later *recreates* (a new image, a changed
+  compose file) starts from its image again, so the restored path is lost unless it
+  lies on a mount. Paths that need to survive a revert belong on a volume.
+- A path that is, or contains, a mount point is refused at backup time: replacing
+  it would reach into the mount. Declare the volume under ``backup.volumes``.
+- Emptying a volume held by stopped containers needs ``rm`` in the service's image.
+  When the image has none (distroless), the restore fails before writing anything
+  and says to remove the stopped containers so the volume can be recreated.
+- A path that was recorded absent (no container at backup time, a first release)
+  is left as it is on restore: a stopped container's file cannot be removed
+  without leaving something in its place. The container itself goes when the
+  previous state (no service) is brought back.
+- Nothing is restored while a container that uses a target is running, and a
+  backup of a running service is only as consistent as the files are at that
+  moment (no snapshot).
+- Stamps have one-second resolution: a second ``take`` of a service within the same
+  second fails rather than overwrite; a set-aside waits for the next second.
+"""
+
+from release_phases.backup.record import BackupRecord, Entry, RestoreReport, verify
+from release_phases.backup.restore import restore
+from release_phases.backup.take import take
+
+__all__ = ["BackupRecord", "Entry", "RestoreReport", "restore", "take", "verify"]

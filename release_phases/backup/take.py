@@ -1,0 +1,201 @@
+"""Taking a backup: resolve what is declared, archive it, write record.json last."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker.errors
+from docker.models.containers import Container
+from docker.models.volumes import Volume
+
+from release_phases import atomic, clock
+from release_phases.backup.deployed import VOLUME_MOUNT, Deployed, helper
+from release_phases.backup.record import (
+    RECORD_NAME,
+    STAMP,
+    SUMS_NAME,
+    BackupRecord,
+    Entry,
+    VolumeConfig,
+)
+from release_phases.errors import ReleaseError
+from release_phases.host.compose import ComposeProject
+from release_phases.host.engine import Engine, project_volume, volume_create_argv
+from release_phases.host.shell import render
+from release_phases.manifest import Manifest
+
+
+@dataclass
+class Source:
+    """One thing to archive, resolved against what runs now."""
+
+    kind: str
+    name: str
+    target: str
+    volume: Volume | None = None
+    container: Container | None = None
+    missing_ok: bool = False  # a path missing from the container is recorded absent
+
+
+def take(
+    engine: Engine,
+    manifest: Manifest,
+    project: ComposeProject,
+    root: Path,
+    stamp: str | None = None,
+) -> BackupRecord:
+    """Archive the service's declared volumes and paths under ``root/<service>/<stamp>``."""
+    deployed = Deployed(engine, manifest, project)
+    stamp = stamp or clock.stamp()
+    if not STAMP.fullmatch(stamp):
+        raise ReleaseError(
+            f"backup stamp {stamp!r} is not YYYYmmdd_HHMMSS",
+            untouched=f"everything: no backup was written for {manifest.service}",
+            next_command="rerun without a stamp, or give one like 20240131_235959",
+        )
+    directory = root / manifest.service / stamp
+    sources = _plan(deployed) if not manifest.backup.empty else []
+    return write_backup(deployed, sources, directory, stamp, note="taken before a release")
+
+
+def _plan(deployed: Deployed) -> list[Source]:
+    """Resolve every declared volume and path, failing before anything is written."""
+    manifest = deployed.manifest
+    project = deployed.project.name
+    containers = deployed.containers()
+    sources = []
+    for key in manifest.backup.volumes:
+        volume = deployed.resolve(key)
+        # A missing volume is "nothing to save" only on a first release, when none of
+        # the service's containers exist. Once the service is deployed, a declared
+        # volume that is not there means the manifest names a key that compose does
+        # not create (a typo, or a volume new in this release): saying so beats a
+        # backup that silently holds nothing.
+        if volume is None and containers:
+            raise ReleaseError(
+                f"backup of {manifest.service}: volume {key!r} does not exist"
+                f" (neither {project_volume(project, key)!r} nor {key!r}),"
+                f" yet the service is deployed ({', '.join(str(c.name) for c in containers)})",
+                untouched=f"everything: no backup was written for {manifest.service}",
+                next_command=(
+                    f"check backup.volumes in {deployed.source} against"
+                    " `docker volume ls`; if the volume is new in this release, create it"
+                    " first: " + render(volume_create_argv(project, key))
+                ),
+            )
+        target = volume.name if volume else project_volume(project, key)
+        sources.append(Source("volume", key, target, volume=volume))
+    first = deployed.first_container()
+    for declared in manifest.backup.paths:
+        path = _clean_path(deployed, declared)
+        if first is not None:
+            deployed.refuse_mounts(first, path)
+        sources.append(Source("path", declared, path, container=first))
+    return sources
+
+
+def _clean_path(deployed: Deployed, declared: str) -> str:
+    path = posixpath.normpath(declared)
+    if not path.startswith("/") or path == "/":
+        raise ReleaseError(
+            f"backup of {deployed.service}: path {declared!r} must be absolute and not /",
+            untouched=f"everything: no backup was written for {deployed.service}",
+            next_command=f"fix backup.paths in {deployed.source}",
+        )
+    return path
+
+
+def write_backup(
+    deployed: Deployed, sources: list[Source], directory: Path, stamp: str, *, note: str
+) -> BackupRecord:
+    """Archive ``sources`` into ``directory``; a directory with a record is complete."""
+    if directory.exists():
+        raise ReleaseError(
+            f"backup directory {directory} already exists",
+            untouched=f"{directory} and the service: nothing was written",
+            next_command="wait a second and rerun (stamps have one-second resolution)",
+        )
+    directory.mkdir(parents=True)
+    try:
+        entries = tuple(
+            _archive(deployed, source, directory, f"{i:02d}-{source.kind}-{_slug(source.name)}.tar")
+            for i, source in enumerate(sources, start=1)
+        )
+        record = BackupRecord(
+            service=deployed.service,
+            stamp=stamp,
+            directory=directory,
+            entries=entries,
+            project=deployed.project.name,
+            taken_at=clock.iso(),
+            note=note,
+        )
+        sums = "".join(f"{e.sha256}  {e.archive}\n" for e in record.archives)
+        atomic.write(directory / SUMS_NAME, [sums.encode()])
+        # Last: a directory with a record is a complete backup.
+        text = json.dumps(record.to_json(), indent=2) + "\n"
+        atomic.write(directory / RECORD_NAME, [text.encode()])
+    except BaseException as exc:
+        # Only what this call created goes: a half backup must not look like one.
+        shutil.rmtree(directory, ignore_errors=True)
+        if isinstance(exc, docker.errors.APIError):
+            raise ReleaseError(
+                f"backup of {deployed.service} into {directory} failed: {exc}",
+                untouched=f"the service and its data; nothing was kept in {directory}",
+                next_command=f"fix the cause, then rerun; {deployed.compose('ps')}",
+            ) from None
+        raise
+    return record
+
+
+def _archive(deployed: Deployed, source: Source, directory: Path, archive: str) -> Entry:
+    """Archive one source into ``directory / archive``; an absent one gets no file."""
+    if source.kind == "volume":
+        if source.volume is None:
+            return Entry("volume", source.name, source.target, absent=True)
+        image = _require_image(deployed, source.target)
+        with helper(deployed, image, source.target, read_only=True) as mounted:
+            chunks, _ = mounted.get_archive(VOLUME_MOUNT)
+            sha = atomic.write(directory / archive, chunks)
+        config = VolumeConfig.of(source.volume)
+        return Entry("volume", source.name, source.target, False, archive, sha, volume=config)
+    container = source.container
+    if container is None:
+        return Entry("path", source.name, source.target, absent=True)
+    try:
+        chunks, _ = container.get_archive(source.target)
+    except docker.errors.NotFound:
+        if source.missing_ok:
+            return Entry("path", source.name, source.target, absent=True)
+        raise ReleaseError(
+            f"backup of {deployed.service}: path {source.target} does not exist"
+            f" in {container.name}",
+            untouched=f"everything: no backup was written for {deployed.service}",
+            next_command=(
+                f"fix backup.paths in {deployed.source}, or create"
+                f" it: docker exec {container.name} mkdir -p {source.target}"
+            ),
+        ) from None
+    sha = atomic.write(directory / archive, chunks)
+    return Entry("path", source.name, source.target, False, archive, sha, str(container.name))
+
+
+def _require_image(deployed: Deployed, volume: str) -> str:
+    image = deployed.helper_image()
+    if image is None:
+        raise ReleaseError(
+            f"backup of {deployed.service}: no local image to mount volume {volume} in"
+            f" (no container, and {deployed.manifest.image.ref} is not local)",
+            untouched=f"everything: no backup was written for {deployed.service}",
+            next_command=f"docker pull {deployed.manifest.image.ref}, then rerun",
+        )
+    return image
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "root"

@@ -75,7 +75,7 @@ class _Reader:
             next_command=f"fix {self.source} and commit the fix, then rerun the release",
         )
 
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, within=None):
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
         node = self.data
         parts = key.split(".")
         for part in parts[:-1]:

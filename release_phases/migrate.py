@@ -117,12 +117,8 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
         exc.step = "compose-up"
         raise
     step.detail("compose up", f"$ {render(argv)}\n{result.output}")
-    probed = health.wait_healthy(
-        manifest.health.endpoint, manifest.health.expected_code, manifest.health.timeout
-    )
-    step.detail("health probes", probe_table(probed))
+    probed = wait_until_healthy(ctx, manifest, project, step)
     if not probed.ok:
-        keep_logs(ctx, project, step)
         raise ReleaseError(
             f"{service} did not become healthy: {manifest.health.endpoint} {probed.summary}",
             untouched="the services after it: they were not touched; "
@@ -137,6 +133,20 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
         keep_logs(ctx, project, step)
         raise
     step.log_fields.update(health=probed.summary)
+    return probed
+
+
+def wait_until_healthy(
+    ctx: ReleaseContext, manifest: Manifest, project: ComposeProject, step: Step
+) -> health.HealthResult:
+    """Poll the service's health until it answers or its timeout passes. Every probe,
+    and when it never answered the containers' log tail, goes into the report."""
+    probed = health.wait_healthy(
+        manifest.health.endpoint, manifest.health.expected_code, manifest.health.timeout
+    )
+    step.detail("health probes", probe_table(probed))
+    if not probed.ok:
+        keep_logs(ctx, project, step)
     return probed
 
 

@@ -4,38 +4,44 @@ A release is planned at collection time from a fetch that moves nothing but the
 remote-tracking refs, so `--collect-only` is a dry run; a resume, a revert and a
 return to main are planned from the state file and the worktree. Every check
 that can refuse a run happens here, before anything is written.
+
+Planning reads (git, the worktree, the state file as found) and returns a
+frozen `Plan`; it knows nothing of pytest or of the run's context.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from release_phases import PHASES, manifest, scripts
 from release_phases import state as statefile
-from release_phases.context import ReleaseContext
 from release_phases.errors import ConfigError, ReleaseError
-from release_phases.host import git
+from release_phases.host.git import Git, changed_services
+from release_phases.journal import Paths
 from release_phases.manifest import Manifest
+from release_phases.options import Options
+from release_phases.state import State
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
     """What this run will do, known before any step runs."""
 
     start_phase: str
     base_sha: str = ""
     incoming_sha: str = ""
-    services: list[str] = field(default_factory=list)
-    manifests: dict[str, Manifest] = field(default_factory=dict)
-    ticket_scripts: list[str] = field(default_factory=list)
+    services: tuple[str, ...] = ()
+    manifests: Mapping[str, Manifest] = field(default_factory=dict)
+    ticket_scripts: tuple[str, ...] = ()
     #: A problem of the host (origin unreachable) that preflight reports as a failed step.
     problem: ReleaseError | None = None
     #: service -> the directory its e2e tests are collected from.
-    e2e: dict[str, Path] = field(default_factory=dict)
+    e2e: Mapping[str, Path] = field(default_factory=dict)
     #: What pytest collects the e2e tests from (a snapshot of MERGE, or the worktree).
-    e2e_args: list[Path] = field(default_factory=list)
+    e2e_args: tuple[Path, ...] = ()
     #: The temporary snapshot of the e2e tests, removed at the end of the run.
     e2e_snapshot: Path | None = None
 
@@ -52,6 +58,18 @@ class Plan:
         return lines
 
 
+def make(options: Options, start_phase: str, git: Git, paths: Paths, found: State | None) -> Plan:
+    """The plan of this run, from its options and the state file as found."""
+    check_repo(paths.repo)
+    if options.mode == "revert":
+        return plan_revert(paths, found)
+    if options.mode == "return_to_main":
+        return Plan(start_phase="return_to_main")
+    if start_phase == "prepare":
+        return plan_fresh(options, git, paths, found)
+    return plan_resume(options, start_phase, paths, found)
+
+
 def check_repo(repo: Path) -> None:
     if not (repo / ".git").exists():
         raise ConfigError(
@@ -60,82 +78,85 @@ def check_repo(repo: Path) -> None:
         )
 
 
-def saved_if_any(ctx: ReleaseContext) -> statefile.State | None:
-    """The ticket's state file, or None; an unreadable one is an error, never ignored."""
-    if not ctx.state_path.exists():
-        return None
-    return ctx.saved_state()
+def _required(paths: Paths, found: State | None) -> State:
+    """The state file a resume or a revert needs; refused when there is none."""
+    if found is None:
+        raise statefile.not_found(paths.state, paths.ticket)
+    return found
 
 
-def finished(saved: statefile.State) -> bool:
-    """A release that completed, or was reverted: a new release may start afresh."""
-    return saved.phase_status == "done" and saved.phase in ("verify", "revert")
-
-
-def refuse_fresh_over(ctx: ReleaseContext, saved: statefile.State | None) -> None:
+def refuse_fresh_over(options: Options, paths: Paths, saved: State | None) -> None:
     """A new prepare must not run over a release in progress: it would pull nothing and
     replace the backups that revert needs."""
-    if saved is None or finished(saved) or not saved.done("prepare"):
+    if saved is None or saved.finished or not saved.done("prepare"):
         return
-    where = f"PHASE={saved.phase} PHASE_STATUS={saved.phase_status} in {ctx.state_path}"
-    revert = f"pytest -m revert --ticket {ctx.ticket}"
+    where = f"PHASE={saved.phase} PHASE_STATUS={saved.phase_status} in {paths.state}"
+    revert = f"pytest -m revert --ticket {options.ticket}"
     if saved.phase == "revert":
         raise ConfigError(
-            f"ticket {ctx.ticket} is being reverted ({where}); a release cannot start over it",
+            f"ticket {options.ticket} is being reverted ({where}); a release cannot start over it",
             next_command=f"finish the revert: {revert}",
         )
     resume = next(p for p in PHASES if not saved.done(p))
     raise ConfigError(
-        f"ticket {ctx.ticket} is in the middle of a release ({where}). Starting it again "
+        f"ticket {options.ticket} is in the middle of a release ({where}). Starting it again "
         "from prepare would pull nothing and replace the backups a revert needs.",
-        next_command=f"resume: {ctx.options.command(f'--from={resume}')}   or roll back: {revert}",
+        next_command=f"resume: {options.command(f'--from={resume}')}   or roll back: {revert}",
     )
 
 
-def plan_fresh(ctx: ReleaseContext) -> Plan:
+def plan_fresh(options: Options, git: Git, paths: Paths, found: State | None) -> Plan:
     """Plan a release from prepare: what origin/BRANCH would bring in."""
-    opts = ctx.options
-    check_repo(ctx.repo)
-    refuse_fresh_over(ctx, saved_if_any(ctx))
-    plan = Plan(start_phase="prepare")
-    if opts.base_sha:
-        base = ctx.git.resolve(opts.base_sha)
-        if base is None:
+    refuse_fresh_over(options, paths, found)
+    if options.base_sha:
+        resolved = git.resolve(options.base_sha)
+        if resolved is None:
             raise ConfigError(
-                f"--base-sha {opts.base_sha} is not a commit in {ctx.repo}",
-                next_command=f"find the HEAD from before the pull with `git -C {ctx.repo} "
-                "reflog`, then " + opts.command("--base-sha <that sha>"),
+                f"--base-sha {options.base_sha} is not a commit in {paths.repo}",
+                next_command=f"find the HEAD from before the pull with `git -C {paths.repo} "
+                "reflog`, then " + options.command("--base-sha <that sha>"),
             )
-        plan.base_sha = base
+        base = resolved
     else:
-        plan.base_sha = ctx.git.head()
+        base = git.head()
     try:
-        ctx.git.fetch()
+        git.fetch()
     except ReleaseError as exc:
-        plan.problem = ReleaseError(
-            f"origin is not reachable from {ctx.repo}: {exc.what}",
+        problem = ReleaseError(
+            f"origin is not reachable from {paths.repo}: {exc.what}",
             untouched="everything: nothing was pulled, backed up or restarted",
-            next_command="check the network and `git remote -v`, then rerun " + opts.command(),
+            next_command="check the network and `git remote -v`, then rerun " + options.command(),
         )
-        return plan
-    incoming = ctx.git.resolve(f"origin/{opts.branch}")
+        return Plan(start_phase="prepare", base_sha=base, problem=problem)
+    incoming = git.resolve(f"origin/{options.branch}")
     if incoming is None:
         raise ConfigError(
-            f"--branch {opts.branch}: origin has no branch of that name",
-            next_command=f"check the name with `git -C {ctx.repo} branch -r`",
+            f"--branch {options.branch}: origin has no branch of that name",
+            next_command=f"check the name with `git -C {paths.repo} branch -r`",
         )
-    plan.incoming_sha = incoming
-    plan.services, plan.manifests = services_between(ctx, plan.base_sha, incoming)
-    plan.ticket_scripts = [
+    manifests = services_between(git, paths.repo, base, incoming)
+    ticket_scripts = tuple(
         f"releases/{name}"
-        for name in sorted(ctx.git.list_dir(incoming, "releases"))
-        if scripts.is_ticket_script(name, opts.ticket)
-    ]
-    snapshot_e2e(ctx, plan, incoming)
-    return plan
+        for name in sorted(git.list_dir(incoming, "releases"))
+        if scripts.is_ticket_script(name, options.ticket)
+    )
+    e2e, snapshot = snapshot_e2e(git, options.ticket, manifests, incoming)
+    return Plan(
+        start_phase="prepare",
+        base_sha=base,
+        incoming_sha=incoming,
+        services=tuple(manifests),
+        manifests=manifests,
+        ticket_scripts=ticket_scripts,
+        e2e=e2e,
+        e2e_args=(snapshot,) if snapshot else (),
+        e2e_snapshot=snapshot,
+    )
 
 
-def snapshot_e2e(ctx: ReleaseContext, plan: Plan, ref: str) -> None:
+def snapshot_e2e(
+    git: Git, ticket: str, manifests: Mapping[str, Manifest], ref: str
+) -> tuple[dict[str, Path], Path | None]:
     """Copy the e2e tests as of `ref` out of git, so they can be collected before the pull.
 
     The copy goes to a temporary directory, not the deploy repo: a dry run must
@@ -143,101 +164,97 @@ def snapshot_e2e(ctx: ReleaseContext, plan: Plan, ref: str) -> None:
     read the same as when they are collected from the worktree.
     """
     root: Path | None = None
-    for service, m in plan.manifests.items():
+    e2e: dict[str, Path] = {}
+    for service, m in manifests.items():
         if not m.e2e_enabled:
             continue
-        files = ctx.git.files_under(ref, f"packages/{service}/e2e")
+        files = git.files_under(ref, f"packages/{service}/e2e")
         if not files:
             continue
         if root is None:
-            root = Path(tempfile.mkdtemp(prefix=f"release-phases-e2e-{ctx.ticket}-"))
-            plan.e2e_args.append(root)
-            plan.e2e_snapshot = root
+            root = Path(tempfile.mkdtemp(prefix=f"release-phases-e2e-{ticket}-"))
         for name in files:
             target = root / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(ctx.git.show_bytes(ref, name))
-        plan.e2e[service] = root / "packages" / service / "e2e"
+            target.write_bytes(git.show_bytes(ref, name))
+        e2e[service] = root / "packages" / service / "e2e"
+    return e2e, root
 
 
-def services_between(
-    ctx: ReleaseContext, base: str, merge: str
-) -> tuple[list[str], dict[str, Manifest]]:
+def services_between(git: Git, repo: Path, base: str, merge: str) -> dict[str, Manifest]:
     """Changed `packages/<service>/` with a manifest at `merge`, validated as of `merge`."""
     found: dict[str, Manifest] = {}
-    for service in git.changed_services(ctx.git.changed_files(base, merge)):
+    for service in changed_services(git.changed_files(base, merge)):
         rel = f"packages/{service}"
-        text = ctx.git.show(merge, f"{rel}/manifest.yaml")
+        text = git.show(merge, f"{rel}/manifest.yaml")
         if text is None:
             continue  # not deployable, or removed by this release
+
+        def exists(name: str, rel: str = rel) -> bool:
+            return git.exists(merge, f"{rel}/{name}")
+
         found[service] = manifest.parse(
             text,
             service=service,
-            package_dir=ctx.repo / rel,
+            package_dir=repo / rel,
             source=f"{rel}/manifest.yaml",
-            exists=lambda name, rel=rel: ctx.git.exists(merge, f"{rel}/{name}"),
+            exists=exists,
         )
-    return list(found), found
+    return found
 
 
-def plan_resume(ctx: ReleaseContext, start_phase: str) -> Plan:
+def plan_resume(options: Options, start_phase: str, paths: Paths, found: State | None) -> Plan:
     """Plan a run that starts at `start_phase` from the saved state."""
-    check_repo(ctx.repo)
-    saved = ctx.saved_state()
+    saved = _required(paths, found)
+    ticket = options.ticket
     if saved.phase == "revert":
         raise ConfigError(
-            f"ticket {ctx.ticket} was reverted (PHASE=revert PHASE_STATUS={saved.phase_status} "
-            f"in {ctx.state_path}): a reverted release cannot be resumed",
+            f"ticket {ticket} was reverted (PHASE=revert PHASE_STATUS={saved.phase_status} "
+            f"in {paths.state}): a reverted release cannot be resumed",
             next_command=f"finish the revert if it failed (pytest -m revert --ticket "
-            f"{ctx.ticket}); to ship the ticket again, merge it again and run "
-            f"pytest -m release --ticket {ctx.ticket}",
+            f"{ticket}); to ship the ticket again, merge it again and run "
+            f"pytest -m release --ticket {ticket}",
         )
     earlier = PHASES[: PHASES.index(start_phase)]
     missing = [p for p in earlier if not saved.done(p)]
     if missing:
         where = f"{saved.phase} {saved.phase_status}" if saved.phase else "no phase recorded"
         raise ConfigError(
-            f"cannot start at {start_phase}: phase {missing[0]} of ticket {ctx.ticket} is not "
-            f"done in {ctx.state_path} (it says {where})",
-            next_command=ctx.options.command(f"--from={missing[0]}")
+            f"cannot start at {start_phase}: phase {missing[0]} of ticket {ticket} is not "
+            f"done in {paths.state} (it says {where})",
+            next_command=options.command(f"--from={missing[0]}")
             if missing[0] != "prepare"
-            else ctx.options.command(),
+            else options.command(),
         )
-    manifests = {s: ctx.manifest(s) for s in saved.services}
+    manifests = {s: manifest.load(paths.repo, s) for s in saved.services}
     e2e = {
-        s: ctx.repo / "packages" / s / "e2e"
+        s: paths.repo / "packages" / s / "e2e"
         for s, m in manifests.items()
-        if m.e2e_enabled and (ctx.repo / "packages" / s / "e2e").is_dir()
+        if m.e2e_enabled and (paths.repo / "packages" / s / "e2e").is_dir()
     }
     return Plan(
         e2e=e2e,
-        e2e_args=list(e2e.values()),
+        e2e_args=tuple(e2e.values()),
         start_phase=start_phase,
         base_sha=saved.base_sha,
         incoming_sha=saved.merge_sha,
-        services=list(saved.services),
+        services=tuple(saved.services),
         manifests=manifests,
-        ticket_scripts=[s.name for s in scripts.find_ticket_scripts(ctx.repo, ctx.ticket)],
+        ticket_scripts=tuple(s.name for s in scripts.find_ticket_scripts(paths.repo, ticket)),
     )
 
 
-def plan_revert(ctx: ReleaseContext) -> Plan:
+def plan_revert(paths: Paths, found: State | None) -> Plan:
     """Undo what the state file says was released: its services in reverse order."""
-    check_repo(ctx.repo)
-    saved = ctx.saved_state()
+    saved = _required(paths, found)
     if not saved.base_sha or not saved.merge_sha:
         raise ConfigError(
-            f"{ctx.state_path} has no BASE_SHA/MERGE_SHA: ticket {ctx.ticket} never got past "
+            f"{paths.state} has no BASE_SHA/MERGE_SHA: ticket {paths.ticket} never got past "
             "the pull, so there is nothing to revert",
         )
     return Plan(
         start_phase="revert",
         base_sha=saved.base_sha,
         incoming_sha=saved.merge_sha,
-        services=list(reversed(saved.services)),
+        services=tuple(reversed(saved.services)),
     )
-
-
-def plan_return(ctx: ReleaseContext) -> Plan:
-    check_repo(ctx.repo)
-    return Plan(start_phase="return_to_main")

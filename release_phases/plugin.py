@@ -1,57 +1,58 @@
-"""The pytest plugin: options, the plan, and the classes that run a release.
+"""The pytest plugin: wires pytest to the release's context, ledger and journal.
 
-`pytest_configure` resolves the options and the state file into one
-`ReleaseContext` and registers the plugin classes only for a release run, so
-plain `pytest` in any repository costs nothing:
+`pytest_configure` resolves the options, the state file and the plan into one
+`ReleaseContext`, whole before any step runs, and registers the classes below
+only for a release run: plain `pytest` elsewhere imports none of the machinery
+(Docker, git, HTTP) and costs nothing.
 
-- `Steps` provides the fixtures and parametrizes steps per planned service;
-- `Selection` applies `--from` and a phase-aware `-k`, and checks that what the
-  selected steps depend on is done (closing pytest-dependency's gaps, below);
-- `Recorder` holds the lock, halts later steps after a failure, writes the state
-  file and the log between steps, and prints the outcome with the next command.
+- `Steps` gives the fixtures and one step per planned service;
+- `Halting` gives each step its pytest-dependency mark: a step depends on the
+  step before it, a check on the last step before the checks. pytest-dependency
+  skips what follows a failure; that is the only way a run halts;
+- `Selection` applies `--from` and a phase-aware `-k`, and registers the steps
+  an earlier run completed as passed, so that what the selection runs may start;
+- `Record` tells the ledger what each step did and has the journal write it,
+  then prints the ledger's summary.
 
-pytest-dependency declares the phases' order of dependence (`depends` on the
-previous phase, scope session). Its known gaps, closed here:
+pytest-dependency's gaps, closed here and nowhere else:
 1. With `-k` or `--from`, a dependent whose dependency was deselected is merely
-   skipped and the run exits 0. `Selection` turns that into a usage error unless
-   the state file records the dependency's phase done, and then registers it as
-   passed with pytest-dependency so the dependent runs.
-2. Several tests sharing one dependency name (every step of a phase is named for
-   its phase): the last result wins, so a later pass hides an earlier failure.
-   `SharedNames` keeps a failure sticky for the name.
-3. `-k` matches substrings of any name: see `selection.py`.
+   skipped and the run exits 0: `Selection` makes it a usage error unless the
+   state file records the phase done, and then registers the steps as passed.
+2. Its skip reason names a node id ("x depends on y"): `Record` words it for the
+   operator as the failure that halted the run ("release halted: migrate failed
+   on api"). It rewords a skip that pytest-dependency raised; it skips nothing.
 """
 
 from __future__ import annotations
 
-import copy
 import shutil
-import time
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from pytest_dependency import DependencyItemStatus, DependencyManager
 
-from release_phases import PHASES, clock, eventlog, lock, selection, state
-from release_phases.context import Options, ReleaseContext, validate_ticket
+from release_phases import PHASES, selection
 from release_phases.errors import ConfigError, ReleaseError
-from release_phases.plan import (
-    finished,
-    plan_fresh,
-    plan_resume,
-    plan_return,
-    plan_revert,
-    saved_if_any,
-)
-from release_phases.steps import Step
-from release_phases.verify import ServiceUnderTest
+from release_phases.ledger import Failure, Ledger, dependencies
+from release_phases.options import Options, validate_ticket
+from release_phases.steps import STEP, Step
+
+if TYPE_CHECKING:
+    from _pytest.mark.expression import Expression
+    from _pytest.terminal import TerminalReporter
+
+    from release_phases.context import ReleaseContext
+    from release_phases.journal import Journal
+    from release_phases.ledger import Summary
+    from release_phases.verify import ServiceUnderTest
 
 MODES = ("release", "revert", "return_to_main")
 PHASE_DIRS = {mode: f"phases/{mode}" for mode in MODES}
-CONTEXT = pytest.StashKey[ReleaseContext]()
-STEP = pytest.StashKey[Step]()
+CONTEXT = pytest.StashKey["ReleaseContext"]()
 E2E_SERVICE = pytest.StashKey[str]()
+#: What pytest-dependency's skip reason says: "<step> depends on <step>".
+DEPENDS_ON = " depends on "
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -110,15 +111,13 @@ def run_mode(config: pytest.Config) -> str | None:
     if not markexpr:
         return None
     expr = selection.compile_keyword(markexpr)
-    if expr.evaluate(lambda _name, **_kw: False):
+    if expr.evaluate(selection.only(None)):
         return None  # the expression also selects unmarked tests: not a release run
-    for mode in MODES:
-        if expr.evaluate(lambda name, mode=mode, **_kw: name == mode):
-            return mode
-    return None
+    return next((mode for mode in MODES if expr.evaluate(selection.only(mode))), None)
 
 
-def _options(config: pytest.Config, mode: str) -> Options:
+def options_from(config: pytest.Config, mode: str) -> Options:
+    """The run's options from the command line and the ini file, checked."""
     given = config.getoption("ticket")
     if mode == "return_to_main" and given is None:
         given = "return-to-main"  # names its state file and log
@@ -135,9 +134,6 @@ def _options(config: pytest.Config, mode: str) -> Options:
             next_command=f"pytest -m release --ticket {ticket} --branch {branch} "
             "--force-allow-non-main",
         )
-    script_timeout = _ini_number(config, "release_script_timeout", 1800)
-    stop_timeout = int(_ini_number(config, "release_stop_timeout", 30))
-    compose_timeout = _ini_number(config, "release_compose_timeout", 600)
     return Options(
         ticket=ticket,
         repo=repo.resolve(),
@@ -146,9 +142,9 @@ def _options(config: pytest.Config, mode: str) -> Options:
         from_phase=config.getoption("from_phase"),
         base_sha=config.getoption("base_sha"),
         container_prefix=config.getini("container_prefix") or "",
-        script_timeout=script_timeout,
-        stop_timeout=stop_timeout,
-        compose_timeout=compose_timeout,
+        script_timeout=_ini_number(config, "release_script_timeout", 1800),
+        stop_timeout=int(_ini_number(config, "release_stop_timeout", 30)),
+        compose_timeout=_ini_number(config, "release_compose_timeout", 600),
         pull=config.getini("release_pull"),
         mode=mode,
         skip_git=config.getoption("skip_git"),
@@ -169,23 +165,28 @@ def _ini_number(config: pytest.Config, name: str, default: float) -> float:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    for mode in MODES:
-        config.addinivalue_line("markers", f"{mode}: a step of release-phases' {mode} run")
+    for name in MODES:
+        config.addinivalue_line("markers", f"{name}: a step of release-phases' {name} run")
     config.addinivalue_line("markers", "phase(name): the release phase a step belongs to")
+    config.addinivalue_line(
+        "markers", "check: a step that runs even after another check failed (verify's)"
+    )
+    config.addinivalue_line(
+        "markers",
+        "not_with(option, reason): a step that does not apply when the run's option is set",
+    )
     mode = run_mode(config)
     if mode is None:
         return
+    # The machinery loads here, for a release run only.
+    from release_phases.context import ReleaseContext
+
     try:
-        ctx = ReleaseContext(_options(config, mode))
+        options = options_from(config, mode)
         keyword = config.option.keyword
         expr = selection.compile_keyword(keyword) if keyword else None
-        if mode == "revert":
-            ctx.plan = plan_revert(ctx)
-        elif mode == "return_to_main":
-            ctx.plan = plan_return(ctx)
-        else:
-            start = selection.start_phase(expr, ctx.options.from_phase)
-            ctx.plan = plan_fresh(ctx) if start == "prepare" else plan_resume(ctx, start)
+        start = selection.start_phase(expr, options.from_phase) if mode == "release" else mode
+        ctx = ReleaseContext.build(options, start)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[CONTEXT] = ctx
@@ -197,23 +198,29 @@ def pytest_configure(config: pytest.Config) -> None:
     if "s" not in config.option.reportchars and "a" not in config.option.reportchars:
         config.option.reportchars += "s"
     if not config.option.collectonly and not config.getoption("htmlpath", None):
-        config.option.htmlpath = str(ctx.reports_dir / f"{ctx.ticket}-{mode}-{clock.stamp()}.html")
+        from release_phases import clock
+
+        name = f"{ctx.ticket}-{mode}-{clock.stamp()}.html"
+        config.option.htmlpath = str(ctx.paths.reports / name)
         config.option.self_contained_html = True
+    ledger = Ledger(phases=ctx.phases, start_phase=ctx.plan.start_phase)
     config.pluginmanager.register(Steps(ctx), "release-steps")
-    config.pluginmanager.register(SharedNames(), "release-shared-names")
+    config.pluginmanager.register(
+        Halting(ctx.phases, not_applicable(ctx.options)), "release-halting"
+    )
     if mode == "release":
         config.pluginmanager.register(Selection(ctx, expr), "release-selection")
-    recorder = Recorder(ctx, config)
-    config.pluginmanager.register(recorder, "release-recorder")
+    record = Record(ctx, ledger, config)
+    config.pluginmanager.register(record, "release-record")
     if config.pluginmanager.hasplugin("html"):
         from release_phases.report import ReportDetails  # only with pytest-html
 
-        config.pluginmanager.register(ReportDetails(recorder), "release-report")
+        config.pluginmanager.register(ReportDetails(ctx, record.summary), "release-report")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     ctx = config.stash.get(CONTEXT, None)
-    if ctx is not None and ctx.plan is not None and ctx.plan.e2e_snapshot is not None:
+    if ctx is not None and ctx.plan.e2e_snapshot is not None:
         shutil.rmtree(ctx.plan.e2e_snapshot, ignore_errors=True)
 
 
@@ -235,6 +242,8 @@ def step(request: pytest.FixtureRequest) -> Step:
 @pytest.fixture
 def e2e(request: pytest.FixtureRequest) -> ServiceUnderTest:
     """For a service's e2e tests: its manifest and its endpoint, as released."""
+    from release_phases.verify import ServiceUnderTest
+
     service = request.node.stash.get(E2E_SERVICE, None)
     if service is None:
         raise pytest.UsageError("the e2e fixture is for tests under packages/<service>/e2e/")
@@ -250,41 +259,117 @@ def phase_of(item: pytest.Item) -> str | None:
 def service_of(item: pytest.Item) -> str | None:
     callspec = getattr(item, "callspec", None)
     if callspec and "service" in callspec.params:
-        return callspec.params["service"]
+        service: str | None = callspec.params["service"]
+        return service
     return item.stash.get(E2E_SERVICE, None)
 
 
+def not_applicable(options: Options) -> Callable[[pytest.Item], str | None]:
+    """A step marked `not_with("skip_git", reason=...)` does not apply under --skip-git."""
+
+    def reason(item: pytest.Item) -> str | None:
+        for marker in item.iter_markers("not_with"):
+            if getattr(options, marker.args[0]):
+                return str(marker.kwargs["reason"])
+        return None
+
+    return reason
+
+
 class Steps:
-    """One step per planned service, for steps that take `service`."""
+    """One step per planned service, and a service's e2e tests as verify checks."""
 
     def __init__(self, ctx: ReleaseContext) -> None:
         self.ctx = ctx
 
     def pytest_itemcollected(self, item: pytest.Item) -> None:
-        """A service's e2e test becomes a verify step of that service."""
         for service, where in self.ctx.plan.e2e.items():
             if item.path.is_relative_to(where):
                 item.stash[E2E_SERVICE] = service
                 item.add_marker(pytest.mark.release)
                 item.add_marker(pytest.mark.phase("verify"))
+                item.add_marker(pytest.mark.check)
                 item.add_marker(pytest.mark.order(5))  # after the image and health checks
-                item.add_marker(
-                    pytest.mark.dependency(name="verify", depends=["ticket"], scope="session")
-                )
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if "service" in metafunc.fixturenames:
-            services = self.ctx.plan.services
+            services = list(self.ctx.plan.services)
             metafunc.parametrize("service", services or [None], ids=services or ["none"])
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)  # before Halting chains the steps
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> Generator[None]:
+        # A per-service step when no service changed is not a step at all: dropped
+        # quietly, neither run nor reported nor depended on.
+        items[:] = [
+            item
+            for item in items
+            if not ("service" in getattr(item, "fixturenames", ()) and service_of(item) is None)
+        ]
+        return (yield)
+
+
+class Halting:
+    """Each step's pytest-dependency mark, derived from the run's steps.
+
+    The chain is computed over every collected step before any is deselected or
+    reordered (a wrapper runs first), in the run's phase order and, within a phase
+    (one module each), in collection order: the order pytest-order gives them. So
+    the first step `--from` or `-k` runs still depends on the step before it, which
+    `Selection` registers as passed when the state file says its phase is done.
+
+    The marks are put on once collection is finished, after pytest-order sorted:
+    it reads dependency marks too, and would print a warning for every one that
+    names a deselected step.
+    """
+
+    def __init__(
+        self,
+        phases: Sequence[str],
+        not_applicable: Callable[[pytest.Item], str | None] = lambda _item: None,
+    ) -> None:
+        self.phases = tuple(phases)
+        self.not_applicable = not_applicable
+        self.chain: dict[str, list[str]] = {}
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> Generator[None]:
+        steps: list[pytest.Item] = []
+        for item in items:
+            if phase_of(item) not in self.phases:
+                continue
+            reason = self.not_applicable(item)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+            else:
+                steps.append(item)
+        steps.sort(key=lambda item: self.phases.index(phase_of(item) or ""))  # stable
+        self.chain = dependencies(
+            [(i.nodeid, i.get_closest_marker("check") is not None) for i in steps]
+        )
+        return (yield)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        for item in session.items:
+            if item.nodeid in self.chain:
+                mark = pytest.mark.dependency(
+                    name=item.nodeid, depends=self.chain[item.nodeid], scope="session"
+                )
+                item.add_marker(mark)
 
 
 class Selection:
     """`--from`, a phase-aware `-k`, and what the selected steps depend on."""
 
-    def __init__(self, ctx: ReleaseContext, expr) -> None:
+    def __init__(self, ctx: ReleaseContext, expr: Expression | None) -> None:
         self.ctx = ctx
         self.expr = expr
         self.satisfied: list[str] = []
+        self.totals: dict[str, int] = {}
+        self.dropped: list[pytest.Item] = []
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(
@@ -292,27 +377,20 @@ class Selection:
     ) -> None:
         start = self.ctx.plan.start_phase
         keep: list[pytest.Item] = []
-        drop: list[pytest.Item] = []
-        empty: list[pytest.Item] = []
         for item in items:
             phase = phase_of(item)
             if phase is None:
                 keep.append(item)
-                continue
-            if "service" in getattr(item, "fixturenames", ()) and service_of(item) is None:
-                empty.append(item)  # a per-service step, and no service changed
             elif PHASES.index(phase) < PHASES.index(start) or not self._keyword_allows(item):
-                drop.append(item)
+                self.dropped.append(item)
             else:
                 keep.append(item)
         # -k has been applied here, phase-aware; pytest's substring matching must not
         # apply it again after us.
         config.option.keyword = ""
-        self.totals = _count([i for i in items if i not in empty])
-        if drop:
-            config.hook.pytest_deselected(items=drop)
-        if drop or empty:
-            # A per-service step with no service is not a step at all: dropped quietly.
+        self.totals = _count(items)
+        if self.dropped:
+            config.hook.pytest_deselected(items=self.dropped)
             items[:] = keep
 
     def _keyword_allows(self, item: pytest.Item) -> bool:
@@ -324,27 +402,18 @@ class Selection:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         items = session.items
         selected = _count(items)
-        done: set[str] = set()
-        if self.ctx.plan.start_phase != "prepare" or any(not selected.get(p) for p in PHASES[:1]):
-            try:
-                saved = self.ctx.saved_state()
-                done = {p for p in PHASES if saved.done(p)}
-            except ConfigError:
-                done = set()
+        found = self.ctx.found
+        done = {p for p in PHASES if found is not None and found.done(p)}
         problem = selection.check_contiguous(selected, self.totals, done)
         if problem:
             raise pytest.UsageError(
-                f"{problem} ({self.ctx.state_path}); nothing was run or changed.\n"
+                f"{problem} ({self.ctx.paths.state}); nothing was run or changed.\n"
                 f"Next: {self.ctx.options.command()}   (a full release)"
             )
         self.satisfied = [p for p in PHASES if p in done and not selected.get(p)]
-        if items and self.satisfied:
-            # Gap 1: tell pytest-dependency that phases done in an earlier run passed.
-            manager = DependencyManager.getManager(items[0], scope="session")
-            for phase in self.satisfied:
-                status = DependencyItemStatus()
-                status.results = dict.fromkeys(DependencyItemStatus.Phases, "passed")
-                manager.results[phase] = status
+        passed = [i for i in self.dropped if phase_of(i) in self.satisfied]
+        if items and passed:
+            register_passed(items[0], [i.nodeid for i in passed])
 
     def pytest_report_collectionfinish(self, config: pytest.Config) -> list[str]:
         plan = self.ctx.plan
@@ -355,7 +424,22 @@ class Selection:
         return lines
 
 
-def _count(items: list[pytest.Item]) -> dict[str, int]:
+def register_passed(any_item: pytest.Item, names: Sequence[str]) -> None:
+    """Tell pytest-dependency that these steps passed (in an earlier run).
+
+    Its manager has no public way to record a result that no test of this session
+    produced; this is the one place that writes into it.
+    """
+    from pytest_dependency import DependencyItemStatus, DependencyManager
+
+    manager = DependencyManager.getManager(any_item, scope="session")
+    for name in names:
+        status = DependencyItemStatus()
+        status.results = dict.fromkeys(DependencyItemStatus.Phases, "passed")
+        manager.results[name] = status
+
+
+def _count(items: Sequence[pytest.Item]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for item in items:
         phase = phase_of(item)
@@ -364,317 +448,122 @@ def _count(items: list[pytest.Item]) -> dict[str, int]:
     return counts
 
 
-@dataclass(frozen=True)
-class Failure:
-    rc: int
-    service: str | None
-    step: str | None
-    message: str
+class Record:
+    """Tells the ledger what each step did, has the journal write it, prints the outcome."""
 
-    @classmethod
-    def of(cls, exc: BaseException | None, service: str | None, item: pytest.Item, rep) -> Failure:
-        if isinstance(exc, ReleaseError):
-            return cls(exc.rc, service, exc.step or item.name.split("[")[0], str(exc))
-        return cls(1, service, item.name.split("[")[0], str(exc) if exc else rep.longreprtext)
-
-
-class SharedNames:
-    """Gap 2 of pytest-dependency: a name shared by several tests keeps its first failure.
-
-    pytest-dependency records one status per name and each test overwrites it,
-    so `name="verify"` on four checks reads as passed when only the last passed.
-    This runs after it has recorded a report (logreport follows makereport) and
-    marks the name failed again in every scope's manager.
-    """
-
-    def __init__(self) -> None:
-        self.items: dict[str, pytest.Item] = {}
-        self.failed: set[str] = set()
-
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.items = {item.nodeid: item for item in session.items}
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        item = self.items.get(report.nodeid)
-        marker = item.get_closest_marker("dependency") if item else None
-        name = marker.kwargs.get("name") if marker else None
-        if not name:
-            return
-        if report.failed:
-            self.failed.add(name)
-        if name not in self.failed:
-            return
-        for scope in DependencyManager.ScopeCls:
-            manager = DependencyManager.getManager(item, scope=scope)
-            status = manager.results.get(name) if manager else None
-            if status is not None:
-                status.results["call"] = "failed"
-
-
-FACT_FIELDS = {"BASE_SHA": "base_sha", "MERGE_SHA": "merge_sha", "BRANCH": "branch"}
-
-
-class Recorder:
-    """The lock, halting, the state file and the log: the only writer of the last two."""
-
-    def __init__(self, ctx: ReleaseContext, config: pytest.Config) -> None:
+    def __init__(self, ctx: ReleaseContext, ledger: Ledger, config: pytest.Config) -> None:
         self.ctx = ctx
+        self.ledger = ledger
+        self.journal: Journal = ctx.journal
         self.config = config
-        self.held: lock.Acquired | None = None
-        self.open_phase: str | None = None
-        self.phase_t0 = 0.0
-        self.halted: str | None = None
-        #: phase -> its first failure.
-        self.failures: dict[str, Failure] = {}
-        self.last_item: dict[str, str] = {}
-        self.ran = 0
-        self.replaces_release = False
-        self.deselected: set[str] = set()
-        self.entered: list[str] = []
 
-    # -- collection ---------------------------------------------------------------------
+    def summary(self) -> Summary:
+        return self.ledger.summary(self.ctx.options, self.journal.state.extra)
+
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         for item in session.items:
             phase = phase_of(item)
             if phase:
-                self.last_item[phase] = item.nodeid
+                self.ledger.last_step[phase] = item.nodeid
 
-    # -- before each step ---------------------------------------------------------------
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+    def pytest_deselected(self, items: Sequence[pytest.Item]) -> None:
+        self.ledger.deselected.update(p for p in map(phase_of, items) if p)
+
+    # -- a step -------------------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None]:
         phase = phase_of(item)
-        if phase is None:
-            return
-        if self.halted:
-            pytest.skip(self.halted)
-        if self.held is None:
-            self._take_lock()
-        if phase != self.open_phase:
-            self._enter(phase)
+        if phase is not None and not self.ledger.started and not self.ledger.refused:
+            self._open(phase)
+        try:
+            return (yield)
+        except pytest.skip.Exception as skip:
+            halted = self.ledger.halt_reason()
+            if phase is not None and halted and DEPENDS_ON in str(skip.msg):
+                raise pytest.skip.Exception(halted) from None
+            raise
 
-    def _take_lock(self) -> None:
-        try:
-            self.held = lock.acquire(self.ctx.lock_path, self.ctx.ticket)
-        except ReleaseError:
-            self.halted = "release halted: the lock is held by another release"
-            raise
-        try:
-            saved = saved_if_any(self.ctx)
-        except ConfigError:
-            # Unreadable: never overwrite what revert may need.
-            self.halted = "release halted: the state file is unreadable"
-            lock.release(self.held)
-            self.held = None
-            raise
+    def _open(self, phase: str) -> None:
+        """The first step takes the lock; a refusal fails that step and halts the rest."""
         fresh = self.ctx.options.mode == "release" and self.ctx.plan.start_phase == "prepare"
-        if saved is not None and fresh and finished(saved):
-            # The ticket is released again after it completed or was reverted. Its old
-            # record is copied aside, and its per-release keys stay until the new pull
-            # succeeds (see _merge): a release that pulls nothing must not cost the
-            # old one its revert.
-            kept = self.ctx.state_path.with_name(f"{self.ctx.ticket}.env.{clock.stamp()}")
-            shutil.copy2(self.ctx.state_path, kept)
-            self.replaces_release = True
-        if saved is None:
-            saved = state.State(ticket=self.ctx.ticket, branch=self.ctx.options.branch)
-        self.ctx.state = saved
-        self.ctx.previous = copy.deepcopy(saved)
-        if self.held.took_over:
-            self._log(
-                "prepare" if self.ctx.plan.start_phase == "prepare" else self.ctx.plan.start_phase,
-                "lock",
-                action="took-over-stale",
-                holder=self.held.took_over.describe(),
-            )
+        try:
+            self.journal.open(fresh_release=fresh, phase=phase)
+        except ConfigError:
+            self.ledger.refused = "release halted: the state file changed while planning"
+            raise
+        except ReleaseError:
+            self.ledger.refused = "release halted: the lock is held by another release"
+            raise
+        self.ledger.started = True
 
-    def _enter(self, phase: str) -> None:
-        if self.open_phase is not None:
-            self._finish(self.open_phase)
-        # A phase with no step in this run (no service changed) still happens, empty,
-        # so the state file shows it done and `--from` a later phase works.
-        phases = self.ctx.phases
-        if self.entered:
-            first = phases.index(self.entered[-1]) + 1
-        else:
-            first = phases.index(self.ctx.plan.start_phase)
-        for empty in phases[first : phases.index(phase)]:
-            self._begin(empty)
-            self._finish(empty)
-        self._begin(phase)
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        phase = phase_of(item)
+        if phase is not None:
+            self.journal.record(self.ledger.step_runs(phase))
 
-    def _begin(self, phase: str) -> None:
-        self.ctx.state.begin(phase, clock.iso())
-        self._save()
-        fields: dict[str, str] = {}
-        if phase == "migrate":
-            fields["services"] = " ".join(self.ctx.state.services)
-        elif phase == "ticket":
-            fields["script"] = " ".join(self.ctx.plan.ticket_scripts) or "none"
-        self._log(phase, "start", **fields)
-        self.open_phase = phase
-        self.entered.append(phase)
-        self.phase_t0 = time.monotonic()
-
-    def _finish(self, phase: str) -> None:
-        failure = self.failures.get(phase)
-        self.ctx.state.finish(phase, failure is None, clock.iso())
-        self._save()
-        duration = f"{round(time.monotonic() - self.phase_t0)}s"
-        if failure is None:
-            self._log(phase, "done", duration=duration)
-        else:
-            self._log(
-                phase,
-                "failed",
-                rc=failure.rc,
-                service=failure.service,
-                step=failure.step,
-                duration=duration,
-            )
-        self.open_phase = None
-
-    # -- after each step ----------------------------------------------------------------
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
-        outcome = yield
-        rep = outcome.get_result()
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        rep = yield
         phase = phase_of(item)
         if phase is None:
-            return
+            return rep
         exc = call.excinfo.value if call.excinfo else None
         if isinstance(exc, ReleaseError):
             rep.longrepr = str(exc)  # the operator's message, not a traceback
-        if self.held is None or rep.skipped:
-            return
+        if not self.ledger.started or rep.skipped:
+            return rep
         step = item.stash.get(STEP, None)
         if step is not None and rep.when == "call":
-            self._merge(step, passed=rep.passed)
+            self.journal.merge(step, passed=rep.passed)
         if rep.failed:
-            service = service_of(item)
-            self.failures.setdefault(phase, Failure.of(exc, service, item, rep))
-            if phase not in selection.COMPLETE_PICTURE:
-                where = f" on {service}" if service else f" at {item.name}"
-                self.halted = f"release halted: {phase} failed{where}"
-                if self.open_phase == phase:
-                    self._finish(phase)
+            error = exc if isinstance(exc, ReleaseError) else None
+            failure = Failure(
+                phase=phase,
+                item=item.name,
+                service=service_of(item),
+                error=error,
+                text="" if error else (str(exc) if exc else rep.longreprtext),
+                check=item.get_closest_marker("check") is not None,
+            )
+            self.journal.record(self.ledger.step_failed(failure))
         elif rep.when == "call":
-            self.ran += 1
-        last = rep.when == "teardown" and self.last_item.get(phase) == item.nodeid
-        if last and self.open_phase == phase:
-            self._finish(phase)
-
-    def _merge(self, step: Step, passed: bool) -> None:
-        st = self.ctx.state
-        if self.replaces_release and "MERGE_SHA" in step.facts:
-            st.services, st.backups, st.extra = [], {}, {}
-            self.replaces_release = False
-        for key, value in step.facts.items():
-            if key == "SERVICES":
-                st.services = value.split()
-            elif key in FACT_FIELDS:
-                setattr(st, FACT_FIELDS[key], value)
-            else:
-                st.extra[key] = value
-        st.backups.update(step.backups)
-        self._save()
-        if passed:
-            fields = {"step": step.name.split("[")[0], "service": step.service, **step.log_fields}
-            self._log(step.phase, "step", **fields)
+            self.ledger.step_passed()
+        if rep.when == "teardown":
+            self.journal.record(self.ledger.step_done(phase, item.nodeid))
+        return rep
 
     # -- the end ------------------------------------------------------------------------
-    def pytest_deselected(self, items: list[pytest.Item]) -> None:
-        self.deselected.update(p for p in map(phase_of, items) if p)
-
-    def _complete_empty_tail(self) -> None:
-        """Phases after the last one that ran, with no step at all (not deselected ones),
-        happen empty: a ticket-script-only release still verifies nothing and completes."""
-        phases = self.ctx.phases
-        tail = phases[phases.index(self.entered[-1]) + 1 :]
-        if any(p in self.deselected or p in self.last_item for p in tail):
-            return
-        if self.open_phase is not None:
-            self._finish(self.open_phase)
-        for phase in tail:
-            self._begin(phase)
-            self._finish(phase)
-
     @pytest.hookimpl(tryfirst=True)  # before pytest-html writes the report from our state
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.held is not None and self.entered and not self.failures and exitstatus == 0:
-            self._complete_empty_tail()
-        if self.held is not None:
-            if self.open_phase is not None and self.open_phase in self.failures:
-                self._finish(self.open_phase)
-            lock.release(self.held)
-        if self.ran == 0 and not self.config.option.collectonly and exitstatus == 0:
+        if self.journal.is_open:
+            self.journal.record(self.ledger.end(clean=exitstatus == 0))
+            self.journal.close()
+        if self.ledger.ran == 0 and not self.config.option.collectonly and exitstatus == 0:
             session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
 
-    def pytest_terminal_summary(self, terminalreporter) -> None:
+    def pytest_terminal_summary(self, terminalreporter: TerminalReporter) -> None:
         if self.config.option.collectonly:
             return
         tr = terminalreporter
         tr.section("release-phases")
-        for line in self.summary():
+        for line in self.lines():
             tr.write_line(line)
 
-    def summary(self) -> list[str]:
-        ctx = self.ctx
-        st = ctx.state
-        lines = [f"ticket {ctx.ticket}: {self.outcome()}"]
-        if st is not None:
-            lines.append(f"state file: {ctx.state_path}  (PHASE={st.phase} {st.phase_status})")
-            lines.append(f"log: {ctx.log_path}")
-        if st is not None and st.extra.get("DRIFT"):
+    def lines(self) -> list[str]:
+        summary = self.summary()
+        st = self.journal.state
+        paths = self.ctx.paths
+        lines = [f"ticket {self.ctx.ticket}: {summary.headline}"]
+        if self.ledger.started:
+            lines.append(f"state file: {paths.state}  (PHASE={st.phase} {st.phase_status})")
+            lines.append(f"log: {paths.log}")
+        if st.extra.get("DRIFT"):
             lines.append(f"needs a release (differs from main): {st.extra['DRIFT']}")
         html = self.config.getoption("htmlpath", None)
         if html:
             lines.append(f"report: {html}")
-        lines.append(f"next: {self.next_command()}")
+        lines.append(f"next: {summary.next_command}")
         return lines
-
-    def outcome(self) -> str:
-        if self.held is None:
-            return "NOT STARTED (" + (self.halted or "no release step ran") + ")"
-        for phase in self.ctx.phases:
-            if phase in self.failures:
-                service = self.failures[phase].service
-                return f"FAILED in {phase}" + (f" on {service}" if service else "")
-        if self.ran == 0:
-            return "NOTHING RAN"
-        if self.entered and self.entered[-1] == self.ctx.phases[-1]:
-            return "COMPLETE"
-        last = self.entered
-        return f"stopped after {last[-1] if last else '?'} (phases after it were not selected)"
-
-    def next_command(self) -> str:
-        opts = self.ctx.options
-        revert = f"pytest -m revert --ticket {opts.ticket}"
-        for phase in self.ctx.phases:
-            if phase not in self.failures:
-                continue
-            if phase in ("prepare", "revert", "return_to_main"):
-                message = self.failures[phase].message
-                hint = message.split("Next: ", 1)[1].splitlines()[0] if "Next: " in message else ""
-                # These phases can be run again as they are: the error's own hint is best.
-                return hint or f"fix the cause above, then {opts.command()}"
-            return f"fix the cause, then {opts.command(f'--from={phase}')}   or roll back: {revert}"
-        if self.held is None:
-            return f"see the error above, then {opts.command()}"
-        drift = self.ctx.state.extra.get("DRIFT") if self.ctx.state else None
-        if opts.mode == "return_to_main" and drift:
-            since = self.ctx.state.extra.get("HOTFIX_SHA", "<hotfix sha>")
-            return (
-                f"release what main has beyond the hotfix ({drift}): "
-                f"pytest -m release --ticket <id> --base-sha {since}"
-            )
-        if opts.mode != "release":
-            return "nothing"
-        return f"nothing; to roll back this release: {revert}"
-
-    # -- writing --------------------------------------------------------------------------
-    def _save(self) -> None:
-        state.write(self.ctx.state_path, self.ctx.state)
-
-    def _log(self, phase: str, event: str, **fields: object) -> None:
-        line = eventlog.format_line(self.ctx.ticket, phase, event, **fields)
-        eventlog.append(self.ctx.log_path, line)

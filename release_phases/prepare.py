@@ -109,7 +109,7 @@ def pull(ctx: ReleaseContext) -> Pulled:
 
 def discover(ctx: ReleaseContext, base: str, merge: str) -> tuple[list[str], list[str]]:
     """SERVICES and ticket scripts of BASE...MERGE, checked against the collected plan."""
-    services, _ = services_between(ctx, base, merge)
+    services = list(services_between(ctx.git, ctx.repo, base, merge))
     scripts = [s.name for s in find_ticket_scripts(ctx.repo, ctx.ticket)]
     if not services and not scripts:
         raise ReleaseError(
@@ -118,7 +118,7 @@ def discover(ctx: ReleaseContext, base: str, merge: str) -> tuple[list[str], lis
             untouched=f"containers and data; the code was pulled to {merge}",
             next_command="check the ticket id and the merge; nothing else needs doing",
         )
-    if services != ctx.plan.services:
+    if tuple(services) != ctx.plan.services:
         raise ReleaseError(
             f"origin/{ctx.options.branch} moved while the release was being planned: the plan "
             f"had services [{' '.join(ctx.plan.services)}], the pull brought "
@@ -156,4 +156,4 @@ def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord:
         project = project_of(
             ctx.host.compose, declared, ctx.options.stop_timeout, text=compose_text
         )
-    return backup.take(ctx.host.engine, declared, project, ctx.backups_root)
+    return backup.take(ctx.host.engine, declared, project, ctx.paths.backups)

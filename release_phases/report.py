@@ -7,24 +7,32 @@ and the log as they stood at the end, and the command to run next. Each step's
 row carries its details (compose output, health probes, container log tail,
 script output, expected against actual image), shown inline, failed or not.
 
-Everything on top is read at the very end: the Recorder writes its last state
-in a tryfirst `pytest_sessionfinish`, before pytest-html asks for the summary.
+Everything on top is read at the very end: the plugin's Record writes the last
+state in a tryfirst `pytest_sessionfinish`, before pytest-html asks for the
+summary, and the outcome, where it stopped and the next command are the
+ledger's `Summary`, the same the terminal prints.
 Every value is escaped, and the file refers to nothing outside itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from pytest_html import extras
 
 from release_phases import PHASES, clock
 from release_phases.errors import ConfigError
-from release_phases.plugin import STEP, Failure, Recorder
+from release_phases.ledger import Outcome, Summary
 from release_phases.state import ALL_PHASES, State
+from release_phases.steps import STEP
+
+if TYPE_CHECKING:
+    from release_phases.context import ReleaseContext
 
 STYLE = """
 .release { font-size: 14px; margin: 0 0 1.5em; }
@@ -59,23 +67,26 @@ class NotRun:
 class ReportDetails:
     """The HTML report: each step's details in its row, the release's post-mortem on top."""
 
-    def __init__(self, recorder: Recorder) -> None:
-        self.recorder = recorder
+    def __init__(self, ctx: ReleaseContext, summary: Callable[[], Summary]) -> None:
+        self.ctx = ctx
+        self.summary = summary
         self.not_run: list[NotRun] = []
 
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
-        outcome = yield
-        rep = outcome.get_result()
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        rep = yield
         step = item.stash.get(STEP, None)
         if step is None or not step.details:
-            return
+            return rep
         # A failed step keeps what it recorded before failing: that is the post-mortem.
         if rep.when == "call" or (rep.when == "setup" and rep.failed):
-            rep.extras = [
+            rep.extras = [  # type: ignore[attr-defined]  # pytest-html's attribute
                 *getattr(rep, "extras", []),
                 *(extras.html(detail_html(title, text)) for title, text in step.details),
             ]
+        return rep
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.skipped:
@@ -87,22 +98,24 @@ class ReportDetails:
         if report.skipped and data and report.longreprtext:
             data[0] = escape(_skip_reason(report)) + "\n"
 
-    def pytest_html_results_summary(self, prefix: list[str], summary, postfix, session) -> None:
+    def pytest_html_results_summary(
+        self, prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
+    ) -> None:
         prefix.append(f"<style>{STYLE}</style>{self.post_mortem()}")
 
     # -- the top of the report ------------------------------------------------------------
     def post_mortem(self) -> str:
-        rec = self.recorder
-        ctx = rec.ctx
-        state_text = _read(ctx.state_path)
-        saved, problem = _parse(state_text, ctx.state_path)
-        outcome = rec.outcome()
-        css = "outcome-ok" if outcome == "COMPLETE" else "outcome-failed"
+        ctx = self.ctx
+        state_path, log_path = ctx.paths.state, ctx.paths.log
+        state_text = _read(state_path)
+        saved, problem = _parse(state_text, state_path)
+        summary = self.summary()
+        css = "outcome-ok" if summary.outcome is Outcome.COMPLETE else "outcome-failed"
         facts = [
             ("ticket", escape(ctx.ticket)),
-            ("outcome", f"<span class='{css}'>{escape(outcome)}</span>"),
-            ("stopped", escape(self.where_stopped())),
-            ("next command", f"<code>{escape(rec.next_command())}</code>"),
+            ("outcome", f"<span class='{css}'>{escape(summary.headline)}</span>"),
+            ("stopped", escape(summary.stopped)),
+            ("next command", f"<code>{escape(summary.next_command)}</code>"),
         ]
         if saved is not None:
             facts += [
@@ -114,12 +127,11 @@ class ReportDetails:
             ]
         parts = [
             "<section class='release' id='release'>",
-            f"<h2>Ticket {escape(ctx.ticket)}: {escape(outcome)}</h2>",
+            f"<h2>Ticket {escape(ctx.ticket)}: {escape(summary.headline)}</h2>",
             _facts(facts),
         ]
-        stop = self.stop()
-        if stop is not None:
-            parts.append(f"<h3>What failed</h3><pre>{escape(stop[1].message)}</pre>")
+        if summary.failure is not None:
+            parts.append(f"<h3>What failed</h3><pre>{escape(summary.failure.message)}</pre>")
         if saved is not None:
             parts.append(self.commits(saved))
             parts.append("<h3>Phases</h3>" + _table(PHASE_COLUMNS, phase_rows(saved), "phases"))
@@ -131,28 +143,10 @@ class ReportDetails:
                 for n in self.not_run
             )
             parts.append(f"<h3>Steps not run</h3><ul class='not-run'>{items}</ul>")
-        parts.append(_file_section("State file", ctx.state_path, state_text))
-        parts.append(_file_section("Log", ctx.log_path, _read(ctx.log_path)))
+        parts.append(_file_section("State file", state_path, state_text))
+        parts.append(_file_section("Log", log_path, _read(log_path)))
         parts.append("</section>")
         return "".join(parts)
-
-    def stop(self) -> tuple[str, Failure] | None:
-        """The phase that failed first and its failure, or None."""
-        failures = self.recorder.failures
-        return next(((p, failures[p]) for p in ALL_PHASES if p in failures), None)
-
-    def where_stopped(self) -> str:
-        stop = self.stop()
-        if stop is None:
-            outcome = self.recorder.outcome()
-            return "nowhere: it ran to the end" if outcome == "COMPLETE" else outcome
-        phase, failure = stop
-        where = [f"phase {phase}"]
-        if failure.service:
-            where.append(f"service {failure.service}")
-        if failure.step:
-            where.append(f"step {failure.step}")
-        return f"{', '.join(where)} (rc {failure.rc})"
 
     def commits(self, saved: State) -> str:
         base, merge = saved.base_sha, saved.merge_sha
@@ -160,7 +154,7 @@ class ReportDetails:
         if not base or not merge:
             return heading + "<p>(BASE_SHA or MERGE_SHA not recorded)</p>"
         try:
-            subjects = self.recorder.ctx.git.subjects(base, merge)
+            subjects = self.ctx.git.subjects(base, merge)
         except Exception as exc:  # a report must still be written; say why the list is missing
             return heading + f"<p>could not list them: {escape(str(exc))}</p>"
         if not subjects:

@@ -8,13 +8,13 @@ no commit yet is dropped and applied again.
 
 from __future__ import annotations
 
-from release_phases import backup, health, hostchecks
+from release_phases import backup, hostchecks
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 from release_phases.host import git
 from release_phases.host.shell import render
 from release_phases.manifest import Manifest
-from release_phases.migrate import keep_logs, probe_table
+from release_phases.migrate import wait_until_healthy
 from release_phases.steps import Step
 
 NOTHING_REVERTED = "everything: nothing was reverted"
@@ -33,7 +33,7 @@ def preflight(ctx: ReleaseContext) -> list[str]:
             next_command=f"`git -C {ctx.repo} switch {st.branch}`, then {ctx.options.command()}",
         )
     dirty = ctx.git.dirty()
-    before = ctx.previous
+    before = ctx.found
     # An earlier revert run that got as far as the code but not its commit.
     half_done = (
         before is not None
@@ -80,7 +80,7 @@ def revert_code(ctx: ReleaseContext) -> tuple[str, list[str]]:
         raise ReleaseError(
             f"BASE_SHA..MERGE_SHA holds no commit: {st.base_sha}..{st.merge_sha}",
             untouched=NOTHING_REVERTED,
-            next_command=f"check {ctx.state_path}; to restore data and containers only: "
+            next_command=f"check {ctx.paths.state}; to restore data and containers only: "
             + ctx.options.command("--skip-git"),
             step="git-revert",
         )
@@ -126,7 +126,7 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     if restoring:
         if stamp is None:
             raise ReleaseError(
-                f"{service} has no backup in BACKUPS of {ctx.state_path}",
+                f"{service} has no backup in BACKUPS of {ctx.paths.state}",
                 untouched=f"{service}: its containers and data, nothing was stopped",
                 next_command=ctx.options.command("--skip-data")
                 + "   (only if its data was not touched)",
@@ -134,7 +134,7 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
             )
         # Before anything stops: a damaged backup must not leave the service down.
         try:
-            backup.verify(ctx.backups_root, service, stamp)
+            backup.verify(ctx.paths.backups, service, stamp)
         except ReleaseError as exc:
             exc.untouched = f"{service}: still running, nothing was stopped or restored"
             exc.next_command = (
@@ -153,7 +153,7 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
         step.detail(
             "removed",
             f"{service} did not exist before the release; removed its containers: "
-            + (" ".join(c.name for c in containers) or "(none)"),
+            + (" ".join(str(c.name) for c in containers) or "(none)"),
         )
         return
     project = ctx.project(manifest)
@@ -167,7 +167,7 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     if restoring:
         assert stamp is not None  # checked above, before anything stopped
         try:
-            report = backup.restore(ctx.host.engine, manifest, project, ctx.backups_root, stamp)
+            report = backup.restore(ctx.host.engine, manifest, project, ctx.paths.backups, stamp)
         except ReleaseError as exc:
             exc.untouched = f"{service} is stopped at the reverted code; {exc.untouched}"
             exc.step = "restore"
@@ -178,12 +178,8 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     start = project.start()
     started = ctx.host.run(start, timeout=timeout)
     step.detail("compose start", f"$ {render(start)}\n{started.output}")
-    probed = health.wait_healthy(
-        manifest.health.endpoint, manifest.health.expected_code, manifest.health.timeout
-    )
-    step.detail("health probes", probe_table(probed))
+    probed = wait_until_healthy(ctx, manifest, project, step)
     if not probed.ok:
-        keep_logs(ctx, project, step)
         raise ReleaseError(
             f"{service} is back at the old code but not healthy: {probed.summary}",
             untouched="the services after it in the revert order",

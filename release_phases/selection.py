@@ -23,6 +23,15 @@ def compile_keyword(expr: str) -> Expression:
     return Expression.compile(expr)
 
 
+def only(name: str | None) -> Callable[..., bool]:
+    """A matcher under which exactly marker `name` is present (None: no marker at all)."""
+
+    def matcher(candidate: str, /, **_kwargs: object) -> bool:
+        return candidate == name
+
+    return matcher
+
+
 def matches(expr: Expression, phase: str, words: Callable[[str], bool]) -> bool:
     """Does a step of `phase`, whose other names match `words`, satisfy `expr`?"""
 

@@ -40,6 +40,11 @@ class State:
     extra: dict[str, str] = field(default_factory=dict)
 
     # -- phases -------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """A release that completed, or was reverted: a new release may start afresh."""
+        return self.phase_status == "done" and self.phase in ("verify", "revert")
+
     def done(self, phase: str) -> bool:
         return f"{phase.upper()}_DONE" in self.timestamps
 
@@ -163,15 +168,20 @@ def path_for(workspace: Path, ticket: str) -> Path:
     return workspace / "releases" / f"{ticket}.env"
 
 
+def not_found(path: Path, ticket: str) -> ConfigError:
+    """The refusal of a run that needs a state file when there is none."""
+    return ConfigError(
+        f"no state file {path}: ticket {ticket} has not been prepared on this host",
+        next_command=f"pytest -m release --ticket {ticket}   (a full release, from prepare)",
+    )
+
+
 def load(path: Path, ticket: str) -> State:
     """Read the state for `ticket`; refuse a missing file or another ticket's state."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(
-            f"no state file {path}: ticket {ticket} has not been prepared on this host",
-            next_command=f"pytest -m release --ticket {ticket}   (a full release, from prepare)",
-        ) from None
+        raise not_found(path, ticket) from None
     state = State.from_text(text, str(path))
     if state.ticket != ticket:
         raise ConfigError(

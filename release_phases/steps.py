@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
+
 
 @dataclass
 class Step:
+    """Filled in by a step through its `step` fixture; the plugin reads it after the step."""
+
     phase: str
     name: str
     service: str | None = None
@@ -24,3 +28,7 @@ class Step:
 
     def detail(self, title: str, text: str) -> None:
         self.details.append((title, text))
+
+
+#: Where a step item keeps its `Step`, for the plugin and the report.
+STEP = pytest.StashKey[Step]()

@@ -47,7 +47,7 @@ class RunningImage:
 def running_images(ctx: ReleaseContext, service: str) -> list[RunningImage]:
     project = ctx.project(ctx.manifest(service))
     return [
-        RunningImage(c.name, c.attrs["Config"]["Image"], c.attrs["Image"], c.status)
+        RunningImage(str(c.name), c.attrs["Config"]["Image"], c.attrs["Image"], c.status)
         for c in ctx.host.engine.containers_of_all(project.name, project.services)
     ]
 

@@ -15,9 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from release_phases.plugin import STEP
 from release_phases.report import ReportDetails
-from release_phases.steps import Step
+from release_phases.steps import STEP, Step
 from selftests.support import engine
 from selftests.support.browser import Element, Page, find_chromium, screenshot
 from selftests.support.scenario import v1_running_v2_merged
@@ -80,10 +79,10 @@ def test_a_steps_details_go_with_its_call_or_its_failed_setup(when, failed, show
     item = SimpleNamespace(stash=pytest.Stash())
     item.stash[STEP] = step
     rep = SimpleNamespace(when=when, failed=failed)
-    hook = ReportDetails(recorder=None).pytest_runtest_makereport(item, call=None)
+    hook = ReportDetails(ctx=None, summary=None).pytest_runtest_makereport(item, call=None)
     next(hook)
     with contextlib.suppress(StopIteration):
-        hook.send(SimpleNamespace(get_result=lambda: rep))
+        hook.send(rep)
     contents = [extra["content"] for extra in getattr(rep, "extras", [])]
     expected = (
         "<div class='release-detail'><h4>health probes</h4>"

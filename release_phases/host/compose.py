@@ -20,6 +20,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -286,7 +287,7 @@ class ComposeProject:
 # -- reading what they print ------------------------------------------------------------------
 
 
-def json_document(output: str) -> dict:
+def json_document(output: str) -> dict[str, Any]:
     """The JSON object in ``output``, skipping warnings Compose prints before it.
 
     The Runner merges stderr into stdout, so ``WARN[0000] ...`` lines may lead.
@@ -306,7 +307,7 @@ def json_document(output: str) -> dict:
     raise ValueError("no JSON object in the output")
 
 
-def images_in_config(config: dict, containers: Sequence[str] = ()) -> list[str]:
+def images_in_config(config: dict[str, Any], containers: Sequence[str] = ()) -> list[str]:
     """Images the named services (all when none named) run and Compose would not build."""
     services = config.get("services") or {}
     wanted = list(containers) or list(services)

@@ -31,17 +31,25 @@ def render(argv: Argv) -> str:
     return shlex.join(list(argv))
 
 
-@dataclass
-class Result:
+@dataclass(frozen=True, kw_only=True)
+class Ran:
+    """A command that ran: how it ended."""
+
     argv: list[str]
     returncode: int
-    output: str
     duration: float
     timed_out: bool = False
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result(Ran):
+    """A command run for an operator: stdout and stderr merged, as text."""
+
+    output: str
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.output.splitlines()[-lines:])
@@ -167,20 +175,12 @@ class Runner:
         )
 
 
-@dataclass(frozen=True)
-class Read:
+@dataclass(frozen=True, kw_only=True)
+class Read(Ran):
     """What a query printed: its exact stdout, and stderr for the error message."""
 
-    argv: list[str]
-    returncode: int
     stdout: bytes
     stderr: str
-    duration: float
-    timed_out: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
 
     @property
     def text(self) -> str:

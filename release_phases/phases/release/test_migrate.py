@@ -3,18 +3,19 @@
 import pytest
 
 from release_phases import migrate
+from release_phases.context import ReleaseContext
+from release_phases.steps import Step
 
 pytestmark = [
     pytest.mark.release,
     pytest.mark.phase("migrate"),
     pytest.mark.order(2),
-    pytest.mark.dependency(name="migrate", depends=["prepare"], scope="session"),
 ]
 
 
-def test_ready(release, step):
+def test_ready(release: ReleaseContext, step: Step) -> None:
     step.detail("ready", "\n".join(migrate.ready(release, release.state.services)))
 
 
-def test_migrate(release, step, service):
+def test_migrate(release: ReleaseContext, step: Step, service: str) -> None:
     migrate.migrate_service(release, service, step)

@@ -3,27 +3,28 @@
 import pytest
 
 from release_phases import prepare
+from release_phases.context import ReleaseContext
+from release_phases.steps import Step
 
 pytestmark = [
     pytest.mark.release,
     pytest.mark.phase("prepare"),
     pytest.mark.order(1),
-    pytest.mark.dependency(name="prepare", scope="session"),
 ]
 
 
-def test_preflight(release, step):
+def test_preflight(release: ReleaseContext, step: Step) -> None:
     step.detail("preflight", "\n".join(prepare.preflight(release)))
 
 
-def test_pull(release, step):
+def test_pull(release: ReleaseContext, step: Step) -> None:
     pulled = prepare.pull(release)
     step.record(BASE_SHA=pulled.base_sha, MERGE_SHA=pulled.merge_sha, BRANCH=release.options.branch)
     step.detail("git pull --ff-only", pulled.output)
     step.log_fields.update(base=pulled.base_sha, merge=pulled.merge_sha)
 
 
-def test_changed_services(release, step):
+def test_changed_services(release: ReleaseContext, step: Step) -> None:
     services, scripts = prepare.discover(release, release.state.base_sha, release.state.merge_sha)
     step.record(SERVICES=" ".join(services))
     step.detail("changed services", " ".join(services) or "(none)")
@@ -31,7 +32,7 @@ def test_changed_services(release, step):
     step.log_fields.update(services=" ".join(services))
 
 
-def test_backup(release, step, service):
+def test_backup(release: ReleaseContext, step: Step, service: str) -> None:
     record = prepare.backup_service(release, service)
     step.backups[service] = record.stamp
     step.detail("backup", record.describe())

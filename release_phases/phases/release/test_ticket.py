@@ -3,15 +3,16 @@
 import pytest
 
 from release_phases import ticket
+from release_phases.context import ReleaseContext
+from release_phases.steps import Step
 
 pytestmark = [
     pytest.mark.release,
     pytest.mark.phase("ticket"),
     pytest.mark.order(3),
-    pytest.mark.dependency(name="ticket", depends=["migrate"], scope="session"),
 ]
 
 
-def test_ticket_scripts(release, step):
+def test_ticket_scripts(release: ReleaseContext, step: Step) -> None:
     ran = ticket.run_ticket_scripts(release, step)
     step.log_fields.update(script=" ".join(ran) or "none")

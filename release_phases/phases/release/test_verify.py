@@ -3,22 +3,24 @@
 import pytest
 
 from release_phases import migrate, verify
+from release_phases.context import ReleaseContext
+from release_phases.steps import Step
 
 pytestmark = [
     pytest.mark.release,
     pytest.mark.phase("verify"),
     pytest.mark.order(4),
-    pytest.mark.dependency(name="verify", depends=["ticket"], scope="session"),
+    pytest.mark.check,
 ]
 
 
-def test_image(release, step, service):
+def test_image(release: ReleaseContext, step: Step, service: str) -> None:
     check = verify.image(release, service)
     step.detail("image: expected against actual", check.report)
     check.require()
 
 
-def test_health(release, step, service):
+def test_health(release: ReleaseContext, step: Step, service: str) -> None:
     check, result = verify.health_of(release, service)
     step.detail("health probes", migrate.probe_table(result))
     step.log_fields.update(probes=str(len(result.probes)), health=result.summary)

@@ -3,39 +3,39 @@
 import pytest
 
 from release_phases import revert, verify
+from release_phases.context import ReleaseContext
+from release_phases.steps import Step
 
 pytestmark = [
     pytest.mark.revert,
     pytest.mark.phase("revert"),
     pytest.mark.order(1),
-    pytest.mark.dependency(name="revert", scope="session"),
 ]
 
 
-def test_revert_preflight(release, step):
+def test_revert_preflight(release: ReleaseContext, step: Step) -> None:
     step.detail("preflight", "\n".join(revert.preflight(release)))
 
 
-def test_revert_code(release, step):
-    if release.options.skip_git:
-        pytest.skip("--skip-git: the code is left as it is")
+@pytest.mark.not_with("skip_git", reason="--skip-git: the code is left as it is")
+def test_revert_code(release: ReleaseContext, step: Step) -> None:
     sha, commands = revert.revert_code(release)
     step.record(REVERT_SHA=sha)
     step.detail("git", "\n".join(commands) or f"already reverted by {sha}")
     step.log_fields.update(revert=sha)
 
 
-def test_restore(release, step, service):
+def test_restore(release: ReleaseContext, step: Step, service: str) -> None:
     revert.restore_service(release, service, step)
 
 
-def test_push(release, step):
-    if release.options.skip_git:
-        pytest.skip("--skip-git: nothing to push")
+@pytest.mark.not_with("skip_git", reason="--skip-git: nothing to push")
+def test_push(release: ReleaseContext, step: Step) -> None:
     step.detail("git push", revert.push(release))
 
 
-def test_reverted_image(release, step, service):
+@pytest.mark.check
+def test_reverted_image(release: ReleaseContext, step: Step, service: str) -> None:
     if not (release.repo / "packages" / service / "manifest.yaml").exists():
         pytest.skip(f"{service} did not exist before the release")
     check = verify.image(release, service)
@@ -43,7 +43,8 @@ def test_reverted_image(release, step, service):
     check.require()
 
 
-def test_reverted_health(release, step, service):
+@pytest.mark.check
+def test_reverted_health(release: ReleaseContext, step: Step, service: str) -> None:
     if not (release.repo / "packages" / service / "manifest.yaml").exists():
         pytest.skip(f"{service} did not exist before the release")
     check, result = verify.health_of(release, service)

@@ -1,0 +1,191 @@
+"""The journal of a ticket under `.asd/workspace/releases/`: its lock, state file and log.
+
+The only writer of the three. The ledger decides what happened (`Began`,
+`Finished`, a step's facts); the journal writes it: the state file atomically
+between every step, one fsynced log line per event, the lock held from the first
+step to the end of the session. (Backups are data, written by `backup` under
+`Paths.backups`.)
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from release_phases import clock, eventlog, lock
+from release_phases import state as statefile
+from release_phases.errors import ConfigError
+from release_phases.ledger import Began, Finished, Transition
+from release_phases.state import State
+from release_phases.steps import Step
+
+#: Step facts that are fields of the state rather than extra keys.
+FACT_FIELDS = {"BASE_SHA": "base_sha", "MERGE_SHA": "merge_sha", "BRANCH": "branch"}
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where a ticket's files live in a deploy repository."""
+
+    repo: Path
+    ticket: str
+
+    @property
+    def workspace(self) -> Path:
+        return self.repo / ".asd" / "workspace"
+
+    @property
+    def state(self) -> Path:
+        return statefile.path_for(self.workspace, self.ticket)
+
+    @property
+    def log(self) -> Path:
+        return self.workspace / "releases" / f"{self.ticket}.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.workspace / "releases" / ".lock"
+
+    @property
+    def backups(self) -> Path:
+        return self.workspace / "backups"
+
+    @property
+    def reports(self) -> Path:
+        return self.repo / "reports"
+
+    def found_state(self) -> State | None:
+        """The ticket's state file, or None; an unreadable one is an error, never ignored."""
+        if not self.state.exists():
+            return None
+        return statefile.load(self.state, self.ticket)
+
+
+class Journal:
+    """Writes one run's record: the lock, the state file and the event log."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        found: State | None,
+        *,
+        branch: str,
+        ticket_scripts: Sequence[str] = (),
+    ) -> None:
+        self.paths = paths
+        #: The state file as the run was planned from it (None: there was none).
+        self.found = found
+        #: The live state: what the state file says from the first step on.
+        self.state = copy.deepcopy(found) if found else State(ticket=paths.ticket, branch=branch)
+        self.ticket_scripts = tuple(ticket_scripts)
+        self.held: lock.Acquired | None = None
+        #: A finished release of this ticket whose per-release keys go at the next pull.
+        self.replaces_release = False
+        self._phase_t0 = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self.held is not None
+
+    def open(self, *, fresh_release: bool, phase: str) -> None:
+        """Take the lock and check the state file is still the one the run was planned
+        from. Raises ReleaseError (the lock is held) or ConfigError, writing nothing."""
+        held = lock.acquire(self.paths.lock, self.paths.ticket)
+        try:
+            now = self.paths.found_state()
+            if _text(now) != _text(self.found):
+                raise ConfigError(
+                    f"state file {self.paths.state} changed while this run was being planned "
+                    "(another run of this ticket?)",
+                    next_command="look at the log of that run, then run this command again",
+                )
+        except ConfigError:
+            lock.release(held)
+            raise
+        self.held = held
+        if now is not None and fresh_release and now.finished:
+            # The ticket is released again after it completed or was reverted. Its old
+            # record is copied aside, and its per-release keys stay until the new pull
+            # succeeds (see merge): a release that pulls nothing must not cost the old
+            # one its revert.
+            kept = self.paths.state.with_name(f"{self.paths.ticket}.env.{clock.stamp()}")
+            shutil.copy2(self.paths.state, kept)
+            self.replaces_release = True
+        if held.took_over:
+            self.log(phase, "lock", action="took-over-stale", holder=held.took_over.describe())
+
+    def close(self) -> None:
+        if self.held is not None:
+            lock.release(self.held)
+            self.held = None
+
+    # -- what the ledger decided ----------------------------------------------------------
+    def record(self, transitions: Sequence[Transition]) -> None:
+        for transition in transitions:
+            if isinstance(transition, Began):
+                self._begin(transition.phase)
+            elif isinstance(transition, Finished):
+                self._finish(transition)
+
+    def _begin(self, phase: str) -> None:
+        self.state.begin(phase, clock.iso())
+        self.save()
+        fields: dict[str, str] = {}
+        if phase == "migrate":
+            fields["services"] = " ".join(self.state.services)
+        elif phase == "ticket":
+            fields["script"] = " ".join(self.ticket_scripts) or "none"
+        self.log(phase, "start", **fields)
+        self._phase_t0 = time.monotonic()
+
+    def _finish(self, finished: Finished) -> None:
+        failure = finished.failure
+        self.state.finish(finished.phase, failure is None, clock.iso())
+        self.save()
+        duration = f"{round(time.monotonic() - self._phase_t0)}s"
+        if failure is None:
+            self.log(finished.phase, "done", duration=duration)
+        else:
+            self.log(
+                finished.phase,
+                "failed",
+                rc=failure.rc,
+                service=failure.service,
+                step=failure.step,
+                duration=duration,
+            )
+
+    def merge(self, step: Step, *, passed: bool) -> None:
+        """A step's facts into the state file; a passed step gets its log line."""
+        st = self.state
+        if self.replaces_release and "MERGE_SHA" in step.facts:
+            st.services, st.backups, st.extra = [], {}, {}
+            self.replaces_release = False
+        for key, value in step.facts.items():
+            if key == "SERVICES":
+                st.services = value.split()
+            elif key in FACT_FIELDS:
+                setattr(st, FACT_FIELDS[key], value)
+            else:
+                st.extra[key] = value
+        st.backups.update(step.backups)
+        self.save()
+        if passed:
+            fields = {"step": step.name.split("[")[0], "service": step.service, **step.log_fields}
+            self.log(step.phase, "step", **fields)
+
+    # -- writing --------------------------------------------------------------------------
+    def save(self) -> None:
+        statefile.write(self.paths.state, self.state)
+
+    def log(self, phase: str, event: str, **fields: object) -> None:
+        line = eventlog.format_line(self.paths.ticket, phase, event, None, **fields)
+        eventlog.append(self.paths.log, line)
+
+
+def _text(state: State | None) -> str | None:
+    return None if state is None else state.to_text()

@@ -24,6 +24,8 @@ def preflight(ctx: ReleaseContext) -> list[str]:
     if ctx.plan.problem:
         raise ctx.plan.problem
     version = hostchecks.docker_version(ctx, NOTHING_CHANGED)
+    # Found before the pull: backups name it in their messages, migrate drives it.
+    found = ctx.host.compose
     hostchecks.refuse_dirty(ctx, ctx.git.dirty(), NOTHING_CHANGED)
     current = ctx.git.branch()
     if current != opts.branch:
@@ -37,6 +39,7 @@ def preflight(ctx: ReleaseContext) -> list[str]:
             )
     return [
         f"Docker Engine {version} reachable",
+        f"compose: {found}",
         "worktree clean",
         f"branch {current} (release of {opts.branch})",
         f"origin reachable, origin/{opts.branch} at {ctx.plan.incoming_sha}",

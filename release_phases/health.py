@@ -1,12 +1,24 @@
-"""Is the service answering? Poll its health endpoint and keep every probe.
+"""Is the service healthy? Ask it every way its manifest declares, and keep every probe.
 
-Two ways to ask: ``wait_healthy`` polls at a steady short interval until a
-deadline (after a recreate, when the answer is expected within seconds), and
-``check_with_backoff`` spaces attempts out exponentially within a budget. Both
-return a ``HealthResult`` holding every attempt, so an operator sees what the
-endpoint said, not just that it failed.
+A manifest declares one or more kinds of check; each is a `Check` here:
 
-Choices, the same for both:
+- ``HttpCheck``: the endpoint answers the expected status (``health.endpoint``);
+- ``TcpCheck``: ``host:port`` accepts a connection (``health.tcp``);
+- ``DockerHealthCheck``: a container's own HEALTHCHECK says ``healthy`` (``health.docker``),
+  one check per container;
+- ``CommandCheck``: an argv run in the service's first container exits 0
+  (``health.command``).
+
+Two ways to ask: ``poll`` probes every check at a steady short interval until all
+pass in one round or a deadline passes (after a recreate, when the answer is
+expected within seconds), and ``poll_with_backoff`` spaces rounds out
+exponentially within a budget. Both return a ``HealthResult`` holding every
+probe of every check, so an operator sees what each said, not just that it
+failed. A ``Watch`` can end a wait at once: a container that exited or
+restarted will not become healthy by waiting. ``wait_healthy`` and
+``check_with_backoff`` are the same for one HTTP endpoint.
+
+Choices for HTTP:
 - Redirects are not followed: a health endpoint that redirects (to a login page,
   say) has not said it is healthy; a manifest can expect 301/302 if it means that.
 - Proxy settings from the environment are ignored (``trust_env=False``): health
@@ -22,12 +34,17 @@ Choices, the same for both:
 
 from __future__ import annotations
 
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
+
+    from release_phases.host.shell import Result
 
 DEFAULT_INTERVAL = 0.15
 DEFAULT_REQUEST_TIMEOUT = 5.0
@@ -35,16 +52,176 @@ DEFAULT_REQUEST_TIMEOUT = 5.0
 
 @dataclass(frozen=True)
 class Probe:
-    """One attempt: when it started, what came back, how long it took."""
+    """One attempt of one check: when it started, what came back, how long it took."""
 
     at: str
-    status: int | None
-    error: str | None
-    latency_ms: float
+    status: int | None = None
+    error: str | None = None
+    latency_ms: float = 0.0
+    #: endpoint, tcp, docker or command: which kind of check made it.
+    kind: str = "endpoint"
+    #: What was asked: the URL, `host:port`, the container, the command.
+    target: str = ""
+    passed: bool = False
+    #: What a check other than HTTP heard (`accepted`, `starting`, `exit 1: ...`).
+    said: str = ""
 
     @property
     def outcome(self) -> str:
+        if self.said:
+            return self.said
         return f"got {self.status}" if self.status is not None else f"failed: {self.error}"
+
+
+class Check(Protocol):
+    """One way of asking whether the service is healthy."""
+
+    kind: str
+    target: str
+
+    def probe(self, timeout: float) -> Probe: ...
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _describe(exc: Exception, timeout: float) -> str:
+    import httpx
+
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"no connection within {timeout:.2g}s"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no response within {timeout:.2g}s"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+class HttpCheck:
+    """The endpoint answers `expected_code` (status line only, no redirects, no proxy)."""
+
+    kind = "endpoint"
+
+    def __init__(self, endpoint: str, expected_code: int) -> None:
+        import httpx  # loaded when a check is first made, not with the plugin
+
+        self.target = endpoint
+        self.expected_code = expected_code
+        self.client: httpx.Client = httpx.Client(
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+
+    def probe(self, timeout: float) -> Probe:
+        import httpx
+
+        at = _now()
+        began = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        try:
+            with self.client.stream("GET", self.target, timeout=timeout) as response:
+                status = response.status_code
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            error = _describe(exc, timeout)
+        return Probe(
+            at=at,
+            status=status,
+            error=error,
+            latency_ms=(time.monotonic() - began) * 1000,
+            target=self.target,
+            passed=status == self.expected_code,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class TcpCheck:
+    """`host:port` accepts a TCP connection (closed at once)."""
+
+    kind = "tcp"
+
+    def __init__(self, host: str, port: int) -> None:
+        self.address = (host, port)
+        self.target = f"{host}:{port}"
+
+    def probe(self, timeout: float) -> Probe:
+        at = _now()
+        began = time.monotonic()
+        try:
+            with socket.create_connection(self.address, timeout=timeout):
+                said, passed = "accepted", True
+        except TimeoutError:
+            said, passed = f"no connection within {timeout:.2g}s", False
+        except OSError as exc:
+            said, passed = f"refused: {exc.strerror or exc}", False
+        latency = (time.monotonic() - began) * 1000
+        return Probe(
+            at=at, latency_ms=latency, kind=self.kind, target=self.target, passed=passed, said=said
+        )
+
+
+class DockerHealthCheck:
+    """One container's own HEALTHCHECK status is `healthy` (read from the engine)."""
+
+    kind = "docker"
+
+    def __init__(self, container: str, status: Callable[[], str | None]) -> None:
+        #: Asks the engine for the container's health status (None: it has no HEALTHCHECK).
+        self.status = status
+        self.target = container
+
+    def probe(self, timeout: float) -> Probe:
+        at = _now()
+        began = time.monotonic()
+        try:
+            status = self.status()
+        except Exception as exc:  # the SDK raises several kinds for "cannot tell"
+            said, passed = f"cannot read its state: {exc}", False
+        else:
+            passed = status == "healthy"
+            said = status or "no HEALTHCHECK (image or compose healthcheck: needed)"
+        latency = (time.monotonic() - began) * 1000
+        return Probe(
+            at=at, latency_ms=latency, kind=self.kind, target=self.target, passed=passed, said=said
+        )
+
+
+class CommandCheck:
+    """An argv, run inside the service's container, exits 0."""
+
+    kind = "command"
+
+    def __init__(self, argv: Sequence[str], run: Callable[[float], Result], shown: str) -> None:
+        #: Runs the command (through the host layer) within a timeout.
+        self.run = run
+        self.argv = list(argv)
+        self.target = shown
+
+    def probe(self, timeout: float) -> Probe:
+        at = _now()
+        began = time.monotonic()
+        result = self.run(timeout)
+        if result.timed_out:
+            said = f"no exit within {timeout:.2g}s"
+        else:
+            tail = result.tail(1).strip()
+            said = f"exit {result.returncode}" + (f": {tail}" if tail else "")
+        latency = (time.monotonic() - began) * 1000
+        return Probe(
+            at=at,
+            latency_ms=latency,
+            kind=self.kind,
+            target=self.target,
+            passed=result.ok,
+            said=said,
+        )
+
+
+#: Something that ends a wait early: returns why (a container exited), or "".
+Watch = Callable[[], str]
 
 
 @dataclass
@@ -54,10 +231,19 @@ class HealthResult:
     limit: float
     elapsed: float
     probes: list[Probe] = field(default_factory=list)
+    #: Why the wait ended before its limit (a container exited), if it did.
+    stopped: str = ""
 
     @property
     def last(self) -> Probe | None:
         return self.probes[-1] if self.probes else None
+
+    @property
+    def targets(self) -> list[str]:
+        return list(dict.fromkeys(p.target for p in self.probes))
+
+    def _http_only(self) -> bool:
+        return all(p.kind == "endpoint" for p in self.probes)
 
     @property
     def summary(self) -> str:
@@ -65,45 +251,42 @@ class HealthResult:
         count = len(self.probes)
         probes = f"{count} probe{'' if count == 1 else 's'}"
         if self.ok:
-            return f"{self.expected_code} after {probes} in {self.elapsed:.1f}s"
-        last = self.last
-        said = f"last probe {last.outcome}" if last else "no probe was made"
+            if self._http_only():
+                return f"{self.expected_code} after {probes} in {self.elapsed:.1f}s"
+            kinds = ", ".join(self.kinds_seen())
+            return f"healthy by {kinds} after {probes} in {self.elapsed:.1f}s"
+        if self.stopped:
+            return f"{self.stopped} ({probes} in {self.elapsed:.1f}s)"
+        if self._http_only() and len(self.targets) <= 1:
+            last = self.last
+            said = f"last probe {last.outcome}" if last else "no probe was made"
+            return (
+                f"timed out after {self.limit:g}s: {said} "
+                f"(expected {self.expected_code}, {probes} in {self.elapsed:.1f}s)"
+            )
+        failing = [f"{p.kind} {p.target} {p.outcome}" for p in self.last_round() if not p.passed]
         return (
-            f"timed out after {self.limit:g}s: {said} "
-            f"(expected {self.expected_code}, {probes} in {self.elapsed:.1f}s)"
+            f"timed out after {self.limit:g}s: {'; '.join(failing) or 'no probe was made'} "
+            f"({probes} in {self.elapsed:.1f}s)"
         )
 
+    def kinds_seen(self) -> list[str]:
+        return list(dict.fromkeys(p.kind for p in self.probes))
 
-def _describe(exc: Exception, timeout: float) -> str:
-    if isinstance(exc, httpx.ConnectTimeout):
-        return f"no connection within {timeout:.2g}s"
-    if isinstance(exc, httpx.TimeoutException):
-        return f"no response within {timeout:.2g}s"
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
+    def last_round(self) -> list[Probe]:
+        """The last probe of each target."""
+        last: dict[str, Probe] = {}
+        for probe in self.probes:
+            last[probe.target] = probe
+        return list(last.values())
 
 
-class _Prober:
-    """A single httpx client probing one endpoint until a deadline."""
-
-    def __init__(self, endpoint: str, limit: float, floor: float, request_timeout: float):
-        self.endpoint = endpoint
-        self.floor = floor
-        self.request_timeout = request_timeout
+class _Clock:
+    def __init__(self, limit: float, floor: float, request_timeout: float) -> None:
         self.started = time.monotonic()
         self.deadline = self.started + limit
-        self.probes: list[Probe] = []
-        self.client = httpx.Client(
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx.Limits(max_keepalive_connections=0),
-        )
-
-    def __enter__(self) -> _Prober:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.client.close()
+        self.floor = floor
+        self.request_timeout = request_timeout
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -111,46 +294,52 @@ class _Prober:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def probe(self) -> Probe:
-        timeout = min(self.request_timeout, max(self.remaining(), self.floor))
-        at = datetime.now(UTC).isoformat(timespec="milliseconds")
-        began = time.monotonic()
-        status: int | None = None
-        error: str | None = None
-        try:
-            with self.client.stream("GET", self.endpoint, timeout=timeout) as response:
-                status = response.status_code
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            error = _describe(exc, timeout)
-        probe = Probe(
-            at=at, status=status, error=error, latency_ms=(time.monotonic() - began) * 1000
-        )
-        self.probes.append(probe)
-        return probe
+    def timeout(self) -> float:
+        return min(self.request_timeout, max(self.remaining(), self.floor))
 
 
-def wait_healthy(
-    endpoint: str,
-    expected_code: int,
+def _round(checks: Sequence[Check], clock: _Clock, probes: list[Probe]) -> bool:
+    """Probe every check once; all passed?"""
+    passed = True
+    for check in checks:
+        probe = check.probe(clock.timeout())
+        probes.append(probe)
+        passed = passed and probe.passed
+    return passed
+
+
+def poll(
+    checks: Sequence[Check],
     timeout: float,
     interval: float = DEFAULT_INTERVAL,
     *,
+    expected_code: int = 200,
+    watch: Watch | None = None,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
 ) -> HealthResult:
-    """Probe every ``interval`` seconds until ``expected_code`` or ``timeout`` passes.
+    """Probe every check each ``interval`` until all pass in one round, ``timeout``
+    passes, or ``watch`` says waiting is pointless.
 
-    Probes start ``interval`` apart (sooner ones wait, slow ones are followed at
+    Rounds start ``interval`` apart (sooner ones wait, slow ones are followed at
     once); the last one may start at the deadline and is given one interval.
     """
-    with _Prober(endpoint, timeout, interval, request_timeout) as prober:
-        while True:
-            began = time.monotonic()
-            if prober.probe().status == expected_code:
-                return HealthResult(True, expected_code, timeout, prober.elapsed(), prober.probes)
-            if prober.remaining() <= 0:
-                return HealthResult(False, expected_code, timeout, prober.elapsed(), prober.probes)
-            pause = interval - (time.monotonic() - began)
-            time.sleep(max(0.0, min(pause, prober.remaining())))
+    clock = _Clock(timeout, interval, request_timeout)
+    probes: list[Probe] = []
+
+    def result(ok: bool, stopped: str = "") -> HealthResult:
+        return HealthResult(ok, expected_code, timeout, clock.elapsed(), probes, stopped)
+
+    while True:
+        began = time.monotonic()
+        if _round(checks, clock, probes):
+            return result(True)
+        stopped = watch() if watch else ""
+        if stopped:
+            return result(False, stopped)
+        if clock.remaining() <= 0:
+            return result(False)
+        pause = interval - (time.monotonic() - began)
+        time.sleep(max(0.0, min(pause, clock.remaining())))
 
 
 def backoff_delays(first_delay: float, factor: float, max_delay: float) -> Iterator[float]:
@@ -181,6 +370,54 @@ def backoff_schedule(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def poll_with_backoff(
+    checks: Sequence[Check],
+    budget: float = 30,
+    first_delay: float = 0.2,
+    factor: float = 2.0,
+    max_delay: float = 5,
+    *,
+    expected_code: int = 200,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+) -> HealthResult:
+    """Rounds of every check with exponential backoff until all pass or ``budget`` passes.
+
+    Pauses follow ``backoff_delays``; the time probes take counts against the
+    budget; the last pause is cut so the final round starts at the budget.
+    """
+    clock = _Clock(budget, first_delay, request_timeout)
+    probes: list[Probe] = []
+    for delay in backoff_delays(first_delay, factor, max_delay):
+        if _round(checks, clock, probes):
+            return HealthResult(True, expected_code, budget, clock.elapsed(), probes)
+        if clock.remaining() <= 0:
+            break
+        time.sleep(min(delay, clock.remaining()))
+    return HealthResult(False, expected_code, budget, clock.elapsed(), probes)
+
+
+def wait_healthy(
+    endpoint: str,
+    expected_code: int,
+    timeout: float,
+    interval: float = DEFAULT_INTERVAL,
+    *,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+) -> HealthResult:
+    """`poll` of one HTTP endpoint."""
+    check = HttpCheck(endpoint, expected_code)
+    try:
+        return poll(
+            [check],
+            timeout,
+            interval,
+            expected_code=expected_code,
+            request_timeout=request_timeout,
+        )
+    finally:
+        check.close()
+
+
 def check_with_backoff(
     endpoint: str,
     expected_code: int,
@@ -191,17 +428,17 @@ def check_with_backoff(
     *,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
 ) -> HealthResult:
-    """Retry with exponential backoff until ``expected_code`` or ``budget`` seconds pass.
-
-    Pauses follow ``backoff_delays``; the time a probe takes counts against the
-    budget; the last pause is cut so the final attempt starts at the budget.
-    """
-    delays = backoff_delays(first_delay, factor, max_delay)
-    with _Prober(endpoint, budget, first_delay, request_timeout) as prober:
-        for delay in delays:
-            if prober.probe().status == expected_code:
-                return HealthResult(True, expected_code, budget, prober.elapsed(), prober.probes)
-            if prober.remaining() <= 0:
-                break
-            time.sleep(min(delay, prober.remaining()))
-        return HealthResult(False, expected_code, budget, prober.elapsed(), prober.probes)
+    """`poll_with_backoff` of one HTTP endpoint."""
+    check = HttpCheck(endpoint, expected_code)
+    try:
+        return poll_with_backoff(
+            [check],
+            budget,
+            first_delay,
+            factor,
+            max_delay,
+            expected_code=expected_code,
+            request_timeout=request_timeout,
+        )
+    finally:
+        check.close()

@@ -29,11 +29,42 @@ class Image:
         return f"{self.name}:{self.tag}"
 
 
+#: The ways a manifest may say how to tell the service is healthy.
+HEALTH_KINDS = ("endpoint", "tcp", "docker", "command")
+
+
 @dataclass(frozen=True)
 class Health:
-    endpoint: str
+    """How to tell the service is healthy: every kind declared must pass."""
+
+    #: An http(s) URL that answers `expected_code`.
+    endpoint: str | None = None
     expected_code: int = 200
+    #: `host:port` that accepts a TCP connection.
+    tcp: str | None = None
+    #: Every container reports Docker's own HEALTHCHECK status `healthy`.
+    docker: bool = False
+    #: An argv run in the service's first container (docker exec); healthy on exit 0.
+    command: tuple[str, ...] = ()
+    #: Seconds migrate (and revert) wait for all of them.
     timeout: float = 120.0
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        declared = {
+            "endpoint": self.endpoint is not None,
+            "tcp": self.tcp is not None,
+            "docker": self.docker,
+            "command": bool(self.command),
+        }
+        return tuple(kind for kind in HEALTH_KINDS if declared[kind])
+
+    @property
+    def tcp_address(self) -> tuple[str, int]:
+        """`tcp` as (host, port); checked when the manifest was read."""
+        assert self.tcp is not None
+        host, _, port = self.tcp.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)
@@ -138,15 +169,7 @@ def parse(
     image_tag = r.get("image.tag", (str, int))
     if not image_name.strip():
         raise r.error("image.name", "must not be empty")
-    endpoint = r.get("health.endpoint", str)
-    if not endpoint.startswith(("http://", "https://")):
-        raise r.error("health.endpoint", f"must be an http(s) URL, got {endpoint!r}")
-    expected = r.get("health.expected_code", int, 200)
-    if not 100 <= expected <= 599:
-        raise r.error("health.expected_code", f"must be an HTTP status, got {expected}")
-    timeout = r.get("health.timeout", (int, float), 120)
-    if timeout <= 0:
-        raise r.error("health.timeout", f"must be positive, got {timeout}")
+    health = _health(r)
     containers = r.str_list("containers") or (service,)
     compose_name = r.get("compose_file", str, None)
     if compose_name is not None:
@@ -165,22 +188,45 @@ def parse(
         service=service,
         package_dir=package_dir,
         image=Image(image_name, str(image_tag)),
-        health=Health(endpoint=endpoint, expected_code=expected, timeout=float(timeout)),
+        health=health,
         containers=containers,
         compose_file=compose_file,
-        backup=Backup(volumes=r.str_list("backup.volumes"), paths=r.str_list("backup.paths")),
+        backup=_backup(r),
         e2e_enabled=r.get("e2e.enabled", bool, False),
         source=source,
     )
 
 
-def load(repo: Path, service: str) -> Manifest:
-    """Load `packages/<service>/manifest.yaml` from the deploy repo's worktree."""
-    package_dir = repo / "packages" / service
-    path = package_dir / "manifest.yaml"
-    source = f"packages/{service}/manifest.yaml"
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read manifest {source}: {exc.strerror}") from None
-    return parse(text, service=service, package_dir=package_dir, source=source)
+def _health(r: _Reader) -> Health:
+    endpoint = r.get("health.endpoint", str, None)
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise r.error("health.endpoint", f"must be an http(s) URL, got {endpoint!r}")
+    expected = r.get("health.expected_code", int, 200)
+    if not 100 <= expected <= 599:
+        raise r.error("health.expected_code", f"must be an HTTP status, got {expected}")
+    tcp = r.get("health.tcp", str, None)
+    if tcp is not None:
+        host, _, port = tcp.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise r.error("health.tcp", f"must be host:port, got {tcp!r}")
+    timeout = r.get("health.timeout", (int, float), 120)
+    if timeout <= 0:
+        raise r.error("health.timeout", f"must be positive, got {timeout}")
+    health = Health(
+        endpoint=endpoint,
+        expected_code=expected,
+        tcp=tcp,
+        docker=r.get("health.docker", bool, False),
+        command=r.str_list("health.command"),
+        timeout=float(timeout),
+    )
+    if not health.kinds:
+        raise r.error(
+            "health",
+            "must declare at least one of endpoint, tcp, docker: true or command",
+        )
+    return health
+
+
+def _backup(r: _Reader) -> Backup:
+    return Backup(volumes=r.str_list("backup.volumes"), paths=r.str_list("backup.paths"))

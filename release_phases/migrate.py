@@ -7,10 +7,10 @@ thing that fails stops the service there; the plugin halts every later step.
 
 from __future__ import annotations
 
-from release_phases import health, scripts
+from release_phases import health, probing, scripts
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
-from release_phases.host.compose import LOG_TAIL, ComposeProject
+from release_phases.host.compose import ComposeProject
 from release_phases.host.shell import render
 from release_phases.manifest import Manifest
 from release_phases.steps import Step
@@ -113,14 +113,15 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
         result = ctx.host.recreate(project, timeout=ctx.options.compose_timeout)
     except ReleaseError as exc:
         step.detail("compose up (failed)", f"$ {render(argv)}\n{getattr(exc, 'result', exc)}")
-        keep_logs(ctx, project, step)
+        probing.keep_logs(ctx, project, step)
         exc.step = "compose-up"
         raise
     step.detail("compose up", f"$ {render(argv)}\n{result.output}")
-    probed = wait_until_healthy(ctx, manifest, project, step)
+    probed = probing.wait_until_healthy(ctx, manifest, project, step)
     if not probed.ok:
         raise ReleaseError(
-            f"{service} did not become healthy: {manifest.health.endpoint} {probed.summary}",
+            f"{service} did not become healthy ({probing.describe(manifest.health)}): "
+            f"{probed.summary}",
             untouched="the services after it: they were not touched; "
             f"{service} runs the new containers, unhealthy",
             next_command=f"read the container logs in the report, fix, then {resume}"
@@ -130,34 +131,7 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
     try:
         _run_hooks(ctx, manifest, POST_HOOKS, step)
     except ReleaseError:
-        keep_logs(ctx, project, step)
+        probing.keep_logs(ctx, project, step)
         raise
     step.log_fields.update(health=probed.summary)
     return probed
-
-
-def wait_until_healthy(
-    ctx: ReleaseContext, manifest: Manifest, project: ComposeProject, step: Step
-) -> health.HealthResult:
-    """Poll the service's health until it answers or its timeout passes. Every probe,
-    and when it never answered the containers' log tail, goes into the report."""
-    probed = health.wait_healthy(
-        manifest.health.endpoint, manifest.health.expected_code, manifest.health.timeout
-    )
-    step.detail("health probes", probe_table(probed))
-    if not probed.ok:
-        keep_logs(ctx, project, step)
-    return probed
-
-
-def keep_logs(ctx: ReleaseContext, project: ComposeProject, step: Step) -> None:
-    """The containers' log tail, into the step's report details."""
-    who = step.service or " ".join(project.services)
-    step.detail(f"container logs of {who} (last {LOG_TAIL} lines)", ctx.host.logs(project))
-
-
-def probe_table(result: health.HealthResult) -> str:
-    rows = [f"{'time':<26} {'outcome':<40} latency"]
-    rows += [f"{p.at:<26} {p.outcome:<40} {p.latency_ms:.0f} ms" for p in result.probes]
-    rows.append(result.summary)
-    return "\n".join(rows)

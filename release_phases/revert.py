@@ -8,13 +8,12 @@ no commit yet is dropped and applied again.
 
 from __future__ import annotations
 
-from release_phases import backup, hostchecks
+from release_phases import backup, hostchecks, probing
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 from release_phases.host import git
 from release_phases.host.shell import render
 from release_phases.manifest import Manifest
-from release_phases.migrate import wait_until_healthy
 from release_phases.steps import Step
 
 NOTHING_REVERTED = "everything: nothing was reverted"
@@ -178,7 +177,7 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     start = project.start()
     started = ctx.host.run(start, timeout=timeout)
     step.detail("compose start", f"$ {render(start)}\n{started.output}")
-    probed = wait_until_healthy(ctx, manifest, project, step)
+    probed = probing.wait_until_healthy(ctx, manifest, project, step)
     if not probed.ok:
         raise ReleaseError(
             f"{service} is back at the old code but not healthy: {probed.summary}",

@@ -10,12 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from release_phases import health
+from release_phases import health, probing
 from release_phases.context import ReleaseContext
-from release_phases.errors import ReleaseError
+from release_phases.errors import ConfigError, ReleaseError
 from release_phases.manifest import Manifest
-
-HEALTH_BUDGET = 30.0
 
 
 @dataclass(frozen=True)
@@ -27,7 +25,14 @@ class ServiceUnderTest:
 
     @property
     def endpoint(self) -> str:
-        return self.manifest.health.endpoint
+        endpoint = self.manifest.health.endpoint
+        if endpoint is None:
+            raise ConfigError(
+                f"{self.manifest.source}: the e2e tests of {self.service} use its endpoint, "
+                "and health.endpoint is not declared",
+                next_command=f"declare health.endpoint in {self.manifest.source}",
+            )
+        return endpoint
 
     @property
     def base_url(self) -> str:
@@ -110,12 +115,8 @@ def image(ctx: ReleaseContext, service: str) -> Check:
 
 
 def health_of(ctx: ReleaseContext, service: str) -> tuple[Check, health.HealthResult]:
-    """The health endpoint, retried with exponential backoff within HEALTH_BUDGET."""
+    """Every declared health check, retried with exponential backoff."""
     manifest = ctx.manifest(service)
-    result = health.check_with_backoff(
-        manifest.health.endpoint, manifest.health.expected_code, budget=HEALTH_BUDGET
-    )
-    report = f"{manifest.health.endpoint}: expected {manifest.health.expected_code}, " + (
-        result.summary
-    )
+    result = probing.check_health(ctx, manifest, ctx.project(manifest))
+    report = f"{probing.describe(manifest.health)}: {result.summary}"
     return Check(ctx, service, "health", result.ok, report, "not healthy"), result

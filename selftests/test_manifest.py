@@ -48,6 +48,11 @@ def test_the_compose_file_is_found_by_its_usual_names(tmp_path):
         (GOOD + "compose_file: other.yaml\n", "compose_file names other.yaml"),
         (GOOD + "backup: {volumes: [data, '']}\n", "backup.volumes[1]"),
         (GOOD + "e2e: {enabled: yes please}\n", "e2e.enabled"),
+        ("image: {name: a, tag: '1'}\nhealth: {timeout: 5}\n", "health must declare at least"),
+        (GOOD + "health: {tcp: 'localhost'}\n", "health.tcp must be host:port"),
+        (GOOD + "health: {tcp: 'localhost:99999'}\n", "health.tcp must be host:port"),
+        (GOOD + "health: {docker: 'yes'}\n", "health.docker must be bool"),
+        (GOOD + "health: {command: 'pg_isready'}\n", "health.command must be list"),
         ("- a list\n", "must be a mapping"),
     ],
 )
@@ -57,3 +62,20 @@ def test_mistakes_name_the_file_and_the_key(tmp_path, text, key):
     message = str(err.value)
     assert "packages/web/manifest.yaml" in message and key in message, message
     assert "nothing was changed" in message
+
+
+def test_health_kinds_each_alone_or_together(tmp_path):
+    text = """
+image: {name: demo/db, tag: "15"}
+health:
+  tcp: "127.0.0.1:5432"
+  docker: true
+  command: [pg_isready, -U, app]
+"""
+    m = _load(tmp_path, text)
+    assert m.health.kinds == ("tcp", "docker", "command")
+    assert m.health.endpoint is None
+    assert m.health.tcp_address == ("127.0.0.1", 5432)
+    assert m.health.command == ("pg_isready", "-U", "app")
+    assert _load(tmp_path / "b", GOOD).health.kinds == ("endpoint",)
+

@@ -271,6 +271,10 @@ class ComposeProject:
     def start(self) -> list[str]:
         return self.argv("start", *self.services)
 
+    def exec(self, service: str, argv: Sequence[str]) -> list[str]:
+        """Run ``argv`` in the service's first container, no TTY, no shell."""
+        return self.argv("exec", "-T", service, *argv)
+
     def logs(self, tail: int = LOG_TAIL) -> list[str]:
         """The last ``tail`` lines of each container (Compose's --tail counts per container)."""
         return self.argv("logs", "--no-color", "--tail", str(tail), *self.services)

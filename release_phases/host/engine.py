@@ -8,6 +8,7 @@ is a method of `Engine`. The SDK client is made on first use, so building an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,17 @@ HELPER_LABEL = "io.release-phases.helper"
 
 def container_number(container: Container) -> int:
     return int(container.labels.get(NUMBER_LABEL, "0") or 0)
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    name: str
+    #: created, running, restarting, exited, dead ...
+    status: str
+    exit_code: int
+    restarts: int
+    #: Docker's HEALTHCHECK status (starting, healthy, unhealthy), None without one.
+    health: str | None
 
 
 class Engine:
@@ -70,6 +82,18 @@ class Engine:
         """Throwaway containers a killed run left holding the volume."""
         return self.client.containers.list(
             all=True, filters={"volume": volume, "label": f"{HELPER_LABEL}=1"}
+        )
+
+    def state(self, container: str) -> ContainerState:
+        """A container's state now (read afresh), by name or id."""
+        attrs: dict[str, Any] = self.client.containers.get(container).attrs
+        state = attrs.get("State") or {}
+        return ContainerState(
+            name=str(attrs.get("Name", container)).lstrip("/"),
+            status=str(state.get("Status", "?")),
+            exit_code=int(state.get("ExitCode") or 0),
+            restarts=int(attrs.get("RestartCount") or 0),
+            health=(state.get("Health") or {}).get("Status"),
         )
 
     # -- images and volumes -------------------------------------------------------------

@@ -34,6 +34,10 @@ class Service:
     volumes: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
     containers: tuple[str, ...] = ()
+    #: The manifest's health: section; None: the endpoint of the first container.
+    health: dict[str, object] | None = None
+    #: Merged into every compose service of the package (healthcheck:, deploy: ...).
+    compose: dict[str, object] = field(default_factory=dict)
 
     @property
     def endpoint(self) -> str:
@@ -85,7 +89,8 @@ class DeployRepo:
         pkg.mkdir(parents=True, exist_ok=True)
         manifest = {
             "image": {"name": svc.repository, "tag": svc.tag},
-            "health": {"endpoint": svc.endpoint, "expected_code": 200, "timeout": svc.timeout},
+            "health": svc.health
+            or {"endpoint": svc.endpoint, "expected_code": 200, "timeout": svc.timeout},
         }
         if svc.containers:
             manifest["containers"] = list(svc.containers)
@@ -102,6 +107,7 @@ class DeployRepo:
                     "ports": [f"127.0.0.1:{svc.port}:{HTTP_PORT}"] if i == 0 else [],
                     "volumes": [f"{v}:/data/{v}" for v in svc.volumes],
                     "stop_grace_period": "1s",
+                    **svc.compose,
                 }
                 for i, c in enumerate(svc.containers or (svc.name,))
             },

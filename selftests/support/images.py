@@ -45,7 +45,8 @@ def busybox_path() -> str:
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """What the image's /health does: 'ok' (200), 'error' (500) or 'silent' (no server)."""
+    """What the image's /health does: 'ok' (200), 'error' (500), 'silent' (no server) or
+    'crash' (the container exits 3 at once)."""
 
     repository: str
     tag: str
@@ -96,6 +97,8 @@ def build(client: docker.DockerClient, spec: ImageSpec, run_label: str) -> str:
     """Import the image and return its id."""
     if spec.health == "silent":
         cmd = '["/bin/busybox","sleep","100000"]'
+    elif spec.health == "crash":
+        cmd = '["/bin/busybox","sh","-c","echo crashing at start >&2; exit 3"]'
     else:
         cmd = f'["/bin/busybox","httpd","-f","-p","{HTTP_PORT}","-h","/www"]'
     client.api.import_image_from_data(

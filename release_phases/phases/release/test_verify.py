@@ -2,7 +2,7 @@
 
 import pytest
 
-from release_phases import migrate, verify
+from release_phases import probing, verify
 from release_phases.context import ReleaseContext
 from release_phases.steps import Step
 
@@ -22,6 +22,6 @@ def test_image(release: ReleaseContext, step: Step, service: str) -> None:
 
 def test_health(release: ReleaseContext, step: Step, service: str) -> None:
     check, result = verify.health_of(release, service)
-    step.detail("health probes", migrate.probe_table(result))
+    step.detail("health probes", probing.probe_table(result))
     step.log_fields.update(probes=str(len(result.probes)), health=result.summary)
     check.require()

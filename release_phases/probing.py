@@ -1,0 +1,147 @@
+"""Health of one deployed service: its manifest's checks, made against what runs now.
+
+Migrate waits with them after a recreate, verify checks with them (with backoff),
+and revert waits and checks with them after a restore, so a kind declared in a
+manifest means the same in every phase. While waiting, a watch on the service's
+containers ends the wait at once when one exits or restarts: waiting out the
+timeout would only delay the same answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from release_phases import health
+from release_phases.context import ReleaseContext
+from release_phases.health import Check, HealthResult
+from release_phases.host.compose import LOG_TAIL, ComposeProject
+from release_phases.host.shell import Result, render
+from release_phases.manifest import Health, Manifest
+from release_phases.steps import Step
+
+#: Seconds verify (and revert's check) retries before it says unhealthy.
+CHECK_BUDGET = 30.0
+STOPPED = frozenset({"exited", "dead"})
+
+
+def describe(declared: Health) -> str:
+    """What healthy means for this service, in one line."""
+    parts = []
+    if declared.endpoint is not None:
+        parts.append(f"{declared.endpoint}: expected {declared.expected_code}")
+    if declared.tcp is not None:
+        parts.append(f"tcp {declared.tcp} accepts a connection")
+    if declared.docker:
+        parts.append("every container's HEALTHCHECK says healthy")
+    if declared.command:
+        parts.append(f"`{render(declared.command)}` exits 0 in its first container")
+    return "; ".join(parts)
+
+
+def checks(ctx: ReleaseContext, manifest: Manifest, project: ComposeProject) -> list[Check]:
+    """One check per declared kind; Docker's health, one per container."""
+    declared = manifest.health
+    found: list[Check] = []
+    if declared.endpoint is not None:
+        found.append(health.HttpCheck(declared.endpoint, declared.expected_code))
+    if declared.tcp is not None:
+        found.append(health.TcpCheck(*declared.tcp_address))
+    if declared.docker:
+        engine = ctx.host.engine
+        containers = engine.containers_of_all(project.name, project.services)
+        for container in containers:
+
+            def status(container_id: str = str(container.id)) -> str | None:
+                return engine.state(container_id).health
+
+            found.append(health.DockerHealthCheck(str(container.name), status))
+        if not containers:
+            found.append(health.DockerHealthCheck(f"(no container of {manifest.service})", _none))
+    if declared.command:
+        argv = project.exec(project.services[0], declared.command)
+
+        def run(timeout: float, argv: Sequence[str] = argv) -> Result:
+            return ctx.host.run(argv, timeout=timeout, check=False)
+
+        found.append(health.CommandCheck(declared.command, run, render(declared.command)))
+    return found
+
+
+def _none() -> str | None:
+    return None
+
+
+def _close(found: Sequence[Check]) -> None:
+    for check in found:
+        if isinstance(check, health.HttpCheck):
+            check.close()
+
+
+def watch(ctx: ReleaseContext, project: ComposeProject) -> health.Watch:
+    """Says why waiting is pointless: a container of the service exited or restarted."""
+    engine = ctx.host.engine
+    containers = engine.containers_of_all(project.name, project.services)
+    restarts = {str(c.id): int(c.attrs.get("RestartCount") or 0) for c in containers}
+
+    def why() -> str:
+        for container_id, before in restarts.items():
+            try:
+                now = engine.state(container_id)
+            except Exception:  # removed meanwhile: gone is the same answer as exited
+                return f"container {container_id[:12]} of {project.name} is gone"
+            if now.status in STOPPED:
+                return f"container {now.name} exited with code {now.exit_code}"
+            if now.status == "restarting" or now.restarts > before:
+                return f"container {now.name} restarted (last exit code {now.exit_code})"
+        return ""
+
+    return why
+
+
+def wait_until_healthy(
+    ctx: ReleaseContext, manifest: Manifest, project: ComposeProject, step: Step
+) -> HealthResult:
+    """Poll every declared check until all pass, a container stops, or the timeout passes.
+    Every probe, and when it never became healthy the containers' log tail, goes into
+    the report."""
+    found = checks(ctx, manifest, project)
+    try:
+        probed = health.poll(
+            found,
+            manifest.health.timeout,
+            expected_code=manifest.health.expected_code,
+            watch=watch(ctx, project),
+        )
+    finally:
+        _close(found)
+    step.detail("health probes", probe_table(probed))
+    if not probed.ok:
+        keep_logs(ctx, project, step)
+    return probed
+
+
+def check_health(ctx: ReleaseContext, manifest: Manifest, project: ComposeProject) -> HealthResult:
+    """Every declared check, retried with exponential backoff within CHECK_BUDGET."""
+    found = checks(ctx, manifest, project)
+    try:
+        return health.poll_with_backoff(
+            found, CHECK_BUDGET, expected_code=manifest.health.expected_code
+        )
+    finally:
+        _close(found)
+
+
+def keep_logs(ctx: ReleaseContext, project: ComposeProject, step: Step) -> None:
+    """The containers' log tail, into the step's report details."""
+    who = step.service or " ".join(project.services)
+    step.detail(f"container logs of {who} (last {LOG_TAIL} lines)", ctx.host.logs(project))
+
+
+def probe_table(result: HealthResult) -> str:
+    """Every probe, a line each: when, what it heard (and of what), how long it took."""
+    rows = [f"{'time':<26} {'outcome':<40} latency"]
+    for p in result.probes:
+        outcome = p.outcome if p.kind == "endpoint" else f"{p.kind} {p.target}: {p.outcome}"
+        rows.append(f"{p.at:<26} {outcome:<40} {p.latency_ms:.0f} ms")
+    rows.append(result.summary)
+    return "\n".join(rows)

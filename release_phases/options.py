@@ -40,7 +40,9 @@ class Options:
     base_sha: str | None = None
     container_prefix: str = ""
     script_timeout: float = 1800.0
-    stop_timeout: int = 30
+    #: Seconds compose waits for a container to stop; None: compose's own rule (the
+    #: service's stop_grace_period, else Compose's default).
+    stop_timeout: int | None = None
     #: Seconds one compose command may take before it counts as hung.
     compose_timeout: float = 600.0
     #: Try `docker compose pull` for images missing on the host.

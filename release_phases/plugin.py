@@ -94,7 +94,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("container_prefix", "CONTAINER_PREFIX given to hooks and ticket scripts")
     parser.addini("release_script_timeout", "seconds a hook or ticket script may run (1800)")
     parser.addini(
-        "release_stop_timeout", "seconds compose waits for a container to stop before killing (30)"
+        "release_stop_timeout",
+        "seconds compose waits for a container to stop before killing it "
+        "(default: the service's stop_grace_period, else Compose's default)",
     )
     parser.addini("release_compose_timeout", "seconds one compose command may run (600)")
     parser.addini(
@@ -143,13 +145,20 @@ def options_from(config: pytest.Config, mode: str) -> Options:
         base_sha=config.getoption("base_sha"),
         container_prefix=config.getini("container_prefix") or "",
         script_timeout=_ini_number(config, "release_script_timeout", 1800),
-        stop_timeout=int(_ini_number(config, "release_stop_timeout", 30)),
+        stop_timeout=_stop_timeout(config),
         compose_timeout=_ini_number(config, "release_compose_timeout", 600),
         pull=config.getini("release_pull"),
         mode=mode,
         skip_git=config.getoption("skip_git"),
         skip_data=config.getoption("skip_data"),
     )
+
+
+def _stop_timeout(config: pytest.Config) -> int | None:
+    """Unset: compose's own rule decides (the service's stop_grace_period, else its default)."""
+    if not config.getini("release_stop_timeout"):
+        return None
+    return int(_ini_number(config, "release_stop_timeout", 0))
 
 
 def _ini_number(config: pytest.Config, name: str, default: float) -> float:

@@ -15,6 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from selftests.support import debian
 from selftests.support.deployrepo import DeployRepo, Service, free_port
 from selftests.support.images import LABEL, ImageSpec, build
 
@@ -77,6 +78,21 @@ class Images:
 @pytest.fixture(scope="session")
 def images(docker_client: docker.DockerClient) -> Images:
     return Images(docker_client)
+
+
+@pytest.fixture(scope="session")
+def debian_images(docker_client: docker.DockerClient) -> debian.DebianImages:
+    """The cached Debian images (base, PostgreSQL, Python app base), built on first use.
+
+    They outlive the run (see selftests/support/debian.py); no cleanup removes them.
+    A failure to build fails the test; only a missing debootstrap outside CI skips it.
+    """
+    try:
+        return debian.ensure_images(docker_client)
+    except debian.DebootstrapMissing as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"under CI=true: {exc}", pytrace=False)
+        pytest.skip(str(exc))
 
 
 @pytest.fixture

@@ -230,3 +230,15 @@ def _health(r: _Reader) -> Health:
 
 def _backup(r: _Reader) -> Backup:
     return Backup(volumes=r.str_list("backup.volumes"), paths=r.str_list("backup.paths"))
+
+
+def load(repo: Path, service: str) -> Manifest:
+    """Load `packages/<service>/manifest.yaml` from the deploy repo's worktree."""
+    package_dir = repo / "packages" / service
+    path = package_dir / "manifest.yaml"
+    source = f"packages/{service}/manifest.yaml"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read manifest {source}: {exc.strerror}") from None
+    return parse(text, service=service, package_dir=package_dir, source=source)

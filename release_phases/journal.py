@@ -163,7 +163,7 @@ class Journal:
         """A step's facts into the state file; a passed step gets its log line."""
         st = self.state
         if self.replaces_release and "MERGE_SHA" in step.facts:
-            st.services, st.backups, st.extra = [], {}, {}
+            st.services, st.backups, st.images, st.extra = [], {}, {}, {}
             self.replaces_release = False
         for key, value in step.facts.items():
             if key == "SERVICES":
@@ -173,6 +173,7 @@ class Journal:
             else:
                 st.extra[key] = value
         st.backups.update(step.backups)
+        st.images.update(step.images)
         self.save()
         if passed:
             fields = {"step": step.name.split("[")[0], "service": step.service, **step.log_fields}

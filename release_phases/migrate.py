@@ -10,6 +10,7 @@ from __future__ import annotations
 from release_phases import health, probing, scripts
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
+from release_phases.host import compose
 from release_phases.host.compose import ComposeProject
 from release_phases.host.shell import render
 from release_phases.manifest import Manifest
@@ -38,14 +39,58 @@ def absent_images(ctx: ReleaseContext, project: ComposeProject) -> tuple[list[st
     return ctx.host.missing_images(project), f"$ {render(argv)}\n{result.output}"
 
 
-def ready(ctx: ReleaseContext, services: list[str]) -> list[str]:
-    """Before any container is touched: Compose v2, every image, every script runtime."""
+def build(ctx: ReleaseContext, manifest: Manifest, project: ComposeProject) -> str | None:
+    """Build the service's images that compose builds (a `build:` section), from the
+    worktree at MERGE_SHA; returns the build's output, None when nothing is built.
+
+    Each built image must be the manifest's image.name:image.tag, which is what the
+    compose service's `image:` tags it as and what verify checks.
+    """
+    built = compose.built_in_config(ctx.host.compose_config(project), project.services)
+    if not built:
+        return None
+    resume = ctx.options.command("--from=migrate")
+    expected = manifest.image.ref
+    for name, image in built:
+        if image != expected:
+            raise ReleaseError(
+                f"{manifest.service}: compose service {name} builds an image tagged "
+                f"{image or '(no image: set)'}, not the manifest's {expected}",
+                untouched="every container: nothing was built or recreated",
+                next_command=f"set `image: {expected}` on service {name} in "
+                f"{manifest.compose_file}, commit and merge it, then {resume}",
+                step="build",
+            )
+    argv = project.build([name for name, _ in built])
+    result = ctx.host.run(argv, timeout=ctx.options.compose_timeout, stream=True, check=False)
+    shown = f"$ {render(argv)}\n{result.output}"
+    if not result.ok:
+        how = "timed out" if result.timed_out else f"exited {result.returncode}"
+        raise ReleaseError(
+            f"the build of {manifest.service} {how}; its last output:\n{result.tail(30)}",
+            untouched="every container: nothing was recreated",
+            next_command=f"fix the build (run it by hand: cd {ctx.repo} && {render(argv)}), "
+            f"then {resume}",
+            rc=result.returncode if result.returncode > 0 else 1,
+            step="build",
+        )
+    return shown
+
+
+def ready(ctx: ReleaseContext, services: list[str], step: Step) -> list[str]:
+    """Before any container is touched: Compose v2, builds, every image, every script
+    runtime."""
     lines = [f"compose: {ctx.host.compose}"]
     missing: list[str] = []
     needed: list[scripts.Script] = []
     for service in services:
         manifest = ctx.manifest(service)
-        absent, pulled = absent_images(ctx, ctx.project(manifest))
+        project = ctx.project(manifest)
+        built = build(ctx, manifest, project)
+        if built is not None:
+            step.detail(f"build of {service}", built)
+            lines.append(f"{service}: built {manifest.image.ref}")
+        absent, pulled = absent_images(ctx, project)
         missing += [f"{image} (for {service})" for image in absent]
         if pulled:
             lines.append(pulled)

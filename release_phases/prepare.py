@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from release_phases import backup, hostchecks, manifest
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
-from release_phases.host.compose import project_of
+from release_phases.host.compose import ComposeProject, project_of
+from release_phases.manifest import Manifest
 from release_phases.plan import services_between
 from release_phases.scripts import find_ticket_scripts
+from release_phases.state import image_key
 
 NOTHING_CHANGED = "everything: nothing was pulled, backed up or restarted"
 
@@ -132,31 +134,51 @@ def discover(ctx: ReleaseContext, base: str, merge: str) -> tuple[list[str], lis
     return services, scripts
 
 
-def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord:
-    """Back up what the service declared before this release (its manifest at BASE_SHA).
+def running_version(ctx: ReleaseContext, service: str) -> tuple[Manifest, ComposeProject]:
+    """The service as the running version declared it (its manifest at BASE_SHA).
 
-    The data on disk was made by the running version, so its declarations say what
-    to save; a release that adds a volume must not fail for the volume not existing
-    yet. A service new in this release has nothing running: its manifest at
-    MERGE_SHA records its volumes and paths as absent.
+    The data on disk and the containers running were made by that version, so its
+    declarations say what to save; a release that adds a volume must not fail for
+    the volume not existing yet. A service new in this release has nothing running:
+    its manifest at MERGE_SHA stands in (its volumes and paths are recorded absent).
     """
     base = ctx.state.base_sha
     rel = f"packages/{service}"
     text = ctx.git.show(base, f"{rel}/manifest.yaml")
     if text is None:
         declared = ctx.manifest(service)
-        project = ctx.project(declared)
-    else:
-        declared = manifest.parse(
-            text,
-            service=service,
-            package_dir=ctx.repo / rel,
-            source=f"{rel}/manifest.yaml at BASE_SHA {base[:12]}",
-            exists=lambda name: ctx.git.exists(base, f"{rel}/{name}"),
-        )
-        compose_rel = f"{rel}/{declared.compose_file.name}"
-        compose_text = ctx.git.show(base, compose_rel) or ""
-        project = project_of(
-            ctx.host.compose, declared, ctx.options.stop_timeout, text=compose_text
-        )
+        return declared, ctx.project(declared)
+    declared = manifest.parse(
+        text,
+        service=service,
+        package_dir=ctx.repo / rel,
+        source=f"{rel}/manifest.yaml at BASE_SHA {base[:12]}",
+        exists=lambda name: ctx.git.exists(base, f"{rel}/{name}"),
+    )
+    compose_text = ctx.git.show(base, f"{rel}/{declared.compose_file.name}") or ""
+    return declared, project_of(
+        ctx.host.compose, declared, ctx.options.stop_timeout, text=compose_text
+    )
+
+
+def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord:
+    """Back up what the service declared before this release (see `running_version`)."""
+    declared, project = running_version(ctx, service)
     return backup.take(ctx.host.engine, declared, project, ctx.paths.backups)
+
+
+def running_images(ctx: ReleaseContext, services: list[str]) -> dict[str, str]:
+    """The image id each service runs before the release: what the revert brings back.
+
+    Keyed by service, or `service/compose-service` when its manifest names several
+    compose services. A service with no container yet (new in this release) has none.
+    """
+    found: dict[str, str] = {}
+    for service in services:
+        _, project = running_version(ctx, service)
+        for name in project.services:
+            containers = ctx.host.engine.containers_of(project.name, name)
+            if containers:
+                key = image_key(service, project.services, name)
+                found[key] = str(containers[0].attrs["Image"])
+    return found

@@ -11,9 +11,12 @@ from __future__ import annotations
 from release_phases import backup, hostchecks, probing
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
-from release_phases.host import git
+from release_phases.host import QUERY_TIMEOUT, git
+from release_phases.host.compose import ComposeProject
+from release_phases.host.engine import tag_argv
 from release_phases.host.shell import render
 from release_phases.manifest import Manifest
+from release_phases.state import image_key
 from release_phases.steps import Step
 
 NOTHING_REVERTED = "everything: nothing was reverted"
@@ -47,6 +50,51 @@ def preflight(ctx: ReleaseContext) -> list[str]:
     else:
         hostchecks.refuse_dirty(ctx, dirty, NOTHING_REVERTED)
     lines.append(f"branch {branch}, BASE_SHA {st.base_sha}, MERGE_SHA {st.merge_sha}")
+    missing = [image for image in st.images.values() if ctx.host.engine.image_id(image) is None]
+    if missing:
+        raise ReleaseError(
+            f"the images services ran before the release are no longer on this host: "
+            f"{', '.join(f'{k}={i}' for k, i in st.images.items() if i in missing)} "
+            "(removed or pruned?); the revert would not bring back what ran",
+            untouched=NOTHING_REVERTED,
+            next_command="bring them back (`docker load -i <saved image>`, or rebuild so that "
+            f"`docker image inspect {missing[0]}` finds it), then {ctx.options.command()}; "
+            "or, to revert to whatever image the reverted compose file names instead, "
+            f"remove those entries from IMAGES in {ctx.paths.state}, then the same command",
+        )
+    if st.images:
+        lines.append(f"images to bring back, all on this host: {len(st.images)}")
+    return lines
+
+
+def bring_back_images(ctx: ReleaseContext, service: str, project: ComposeProject) -> list[str]:
+    """Point each image tag the reverted compose file names at the id the service ran
+    before the release (IMAGES), where the tag has moved since; what was done, a line
+    each. With --skip-git the compose file is the release's, and its tags stay."""
+    recorded = {
+        name: ctx.state.images[key]
+        for name in project.services
+        if (key := image_key(service, project.services, name)) in ctx.state.images
+    }
+    if not recorded:
+        return ["no image recorded in IMAGES (the service had no container before)"]
+    if ctx.options.skip_git:
+        return [
+            "--skip-git: the compose file is the release's, its image tags are left as they are"
+        ]
+    services = ctx.host.compose_config(project).get("services") or {}
+    lines = []
+    for name, image in recorded.items():
+        ref = (services.get(name) or {}).get("image")
+        if not ref:
+            lines.append(f"{name}: the compose file names no image; nothing to tag")
+            continue
+        now = ctx.host.engine.image_id(ref)
+        if now == image:
+            lines.append(f"{name}: {ref} is {image}, as before the release")
+            continue
+        ctx.host.run(tag_argv(image, ref), timeout=QUERY_TIMEOUT)
+        lines.append(f"{name}: {ref} pointed at {now or 'nothing'}; tagged {image} again")
     return lines
 
 
@@ -156,6 +204,7 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
         )
         return
     project = ctx.project(manifest)
+    step.detail("images", "\n".join(bring_back_images(ctx, service, project)))
     timeout = ctx.options.compose_timeout
     stop = project.stop()
     stopped = ctx.host.run(stop, timeout=timeout)

@@ -10,6 +10,7 @@ need to be and escaped for double quotes.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,8 @@ ALL_PHASES: tuple[str, ...] = (*PHASES, "revert", "return_to_main")
 STATUSES = ("started", "done", "failed")
 _KEY = re.compile(r"[A-Z][A-Z0-9_]*")
 _SAFE = re.compile(r"[A-Za-z0-9._:/@+=,-]*")
-_ALWAYS_QUOTED = {"SERVICES", "BACKUPS"}
+_ALWAYS_QUOTED = {"SERVICES", "BACKUPS", "IMAGES"}
+_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass
@@ -34,6 +36,8 @@ class State:
     phase_status: str = ""
     services: list[str] = field(default_factory=list)
     backups: dict[str, str] = field(default_factory=dict)
+    #: service (or service/compose-service) -> the image id it ran before the release.
+    images: dict[str, str] = field(default_factory=dict)
     #: `PREPARE_START` -> `2026-05-18T15:29:00Z`, kept in the order written.
     timestamps: dict[str, str] = field(default_factory=dict)
     #: Keys this version does not know, kept so a rewrite loses nothing.
@@ -72,6 +76,7 @@ class State:
             ("PHASE_STATUS", self.phase_status),
             ("SERVICES", " ".join(self.services)),
             ("BACKUPS", " ".join(f"{s}={t}" for s, t in self.backups.items())),
+            ("IMAGES", " ".join(f"{s}={i}" for s, i in self.images.items())),
         ]
         out += [(f"TIMESTAMP_{k}", v) for k, v in self.timestamps.items()]
         out += list(self.extra.items())
@@ -107,6 +112,12 @@ class State:
             if not sep or not service or not stamp:
                 raise _bad(source, f"BACKUPS entry {pair!r} is not service=stamp")
             backups[service] = stamp
+        images: dict[str, str] = {}
+        for pair in values.get("IMAGES", "").split():
+            service, sep, image = pair.partition("=")
+            if not sep or not service or not _IMAGE_ID.fullmatch(image):
+                raise _bad(source, f"IMAGES entry {pair!r} is not service=sha256:<64 hex>")
+            images[service] = image
         known = {k for k, _ in cls(ticket="x").pairs()}
         return cls(
             ticket=values["TICKET"],
@@ -117,6 +128,7 @@ class State:
             phase_status=status,
             services=values.get("SERVICES", "").split(),
             backups=backups,
+            images=images,
             timestamps={
                 k.removeprefix("TIMESTAMP_"): v
                 for k, v in values.items()
@@ -126,6 +138,12 @@ class State:
                 k: v for k, v in values.items() if k not in known and not k.startswith("TIMESTAMP_")
             },
         )
+
+
+def image_key(service: str, compose_services: Sequence[str], name: str) -> str:
+    """The IMAGES key of compose service `name` of `service`: the service itself when it
+    has one compose service, else `service/name`."""
+    return service if len(compose_services) == 1 else f"{service}/{name}"
 
 
 def _bad(source: str, problem: str) -> ConfigError:

@@ -18,6 +18,8 @@ class Step:
     facts: dict[str, str] = field(default_factory=dict)
     #: service -> backup stamp, merged into BACKUPS.
     backups: dict[str, str] = field(default_factory=dict)
+    #: service (or service/compose-service) -> image id, merged into IMAGES.
+    images: dict[str, str] = field(default_factory=dict)
     #: Extra `key=value` fields for this step's log line.
     log_fields: dict[str, str] = field(default_factory=dict)
     #: (title, text) sections shown with this step in the HTML report.

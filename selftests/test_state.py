@@ -18,6 +18,7 @@ def _full() -> state.State:
     st.begin("prepare", "2026-05-18T15:29:00Z")
     st.services = ["redmine", "wikijs"]
     st.backups = {"redmine": "20260518_153012", "wikijs": "20260518_153015"}
+    st.images = {"redmine": "sha256:" + "a" * 64, "wikijs/search": "sha256:" + "b" * 64}
     st.finish("prepare", True, "2026-05-18T15:30:12Z")
     return st
 
@@ -32,6 +33,7 @@ def test_the_state_file_reads_exactly_as_specified():
         "PHASE_STATUS=done\n"
         'SERVICES="redmine wikijs"\n'
         'BACKUPS="redmine=20260518_153012 wikijs=20260518_153015"\n'
+        f'IMAGES="redmine=sha256:{"a" * 64} wikijs/search=sha256:{"b" * 64}"\n'
         "TIMESTAMP_PREPARE_START=2026-05-18T15:29:00Z\n"
         "TIMESTAMP_PREPARE_DONE=2026-05-18T15:30:12Z\n"
     )
@@ -73,6 +75,7 @@ def test_beginning_a_phase_forgets_it_and_every_later_outcome():
         ("TICKET=1\nthis is not a pair\n", "line 2"),
         ('TICKET=1\nSERVICES="web\n', "unterminated"),
         ('TICKET=1\nBACKUPS="web"\n', "BACKUPS entry"),
+        ('TICKET=1\nIMAGES="web=latest"\n', "IMAGES entry 'web=latest'"),
         ("TICKET=1\nSERVICES=web api\n", "need quotes"),
     ],
 )

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from release_phases.errors import ReleaseError
 from release_phases.host.compose import (
@@ -78,8 +79,8 @@ class Host:
         """The last `tail` log lines of each container; best effort, never raises on exit."""
         return self.run(project.logs(tail), check=False, timeout=QUERY_TIMEOUT).output
 
-    def missing_images(self, project: ComposeProject) -> list[str]:
-        """Images the services need that are not in the local engine (no registry asked)."""
+    def compose_config(self, project: ComposeProject) -> dict[str, Any]:
+        """The project as Compose resolves it (`config --format json`)."""
         argv = project.config()
         result = self.run(argv, check=False, timeout=QUERY_TIMEOUT)
         if not result.ok:
@@ -89,13 +90,25 @@ class Host:
                 next_command=render(argv),
             )
         try:
-            images = images_in_config(json_document(result.output), project.services)
+            return json_document(result.output)
+        except ValueError as exc:
+            raise ReleaseError(
+                f"cannot read `{render(argv)}`: {exc}",
+                untouched="every container",
+                next_command=render(argv),
+            ) from None
+
+    def missing_images(self, project: ComposeProject) -> list[str]:
+        """Images the services need that are not in the local engine (no registry asked)."""
+        config = self.compose_config(project)
+        try:
+            images = images_in_config(config, project.services)
         except ValueError as exc:
             raise ReleaseError(
                 f"cannot read the images of {', '.join(project.services)} from "
-                f"`{render(argv)}`: {exc}",
+                f"`{render(project.config())}`: {exc}",
                 untouched="every container",
-                next_command=render(argv),
+                next_command=render(project.config()),
             ) from None
         return [image for image in images if self.engine.image_id(image) is None]
 

@@ -261,9 +261,10 @@ class ComposeProject:
         """Fetch the images the services need from their registry."""
         return self.argv("pull", *self.services)
 
-    def build(self) -> list[str]:
-        """Build the images of the services that have a ``build:`` section."""
-        return self.argv("build", *self.services)
+    def build(self, services: Sequence[str] = ()) -> list[str]:
+        """Build the images of ``services`` (default: all of the project's) that have a
+        ``build:`` section, each tagged with its service's ``image:``."""
+        return self.argv("build", *(services or self.services))
 
     def stop(self) -> list[str]:
         return self.argv("stop", *self._timeout(), *self.services)
@@ -309,6 +310,19 @@ def json_document(output: str) -> dict[str, Any]:
                     return value
         offset += len(line)
     raise ValueError("no JSON object in the output")
+
+
+def built_in_config(
+    config: dict[str, Any], containers: Sequence[str]
+) -> list[tuple[str, str | None]]:
+    """The named services Compose builds (a ``build:`` section), with their ``image:``."""
+    services = config.get("services") or {}
+    built = []
+    for name in containers:
+        service = services.get(name) or {}
+        if "build" in service:
+            built.append((name, service.get("image")))
+    return built
 
 
 def images_in_config(config: dict[str, Any], containers: Sequence[str] = ()) -> list[str]:

@@ -115,6 +115,11 @@ class Engine:
             return None
 
 
+def tag_argv(image: str, ref: str) -> list[str]:
+    """Point tag `ref` at `image` (an id), whatever it pointed at before."""
+    return ["docker", "tag", image, ref]
+
+
 def project_volume(project: str, key: str) -> str:
     """The name compose gives volume `key` of `project`."""
     return f"{project}_{key}"

@@ -14,7 +14,7 @@ pytestmark = [
 
 
 def test_ready(release: ReleaseContext, step: Step) -> None:
-    step.detail("ready", "\n".join(migrate.ready(release, release.state.services)))
+    step.detail("ready", "\n".join(migrate.ready(release, release.state.services, step)))
 
 
 def test_migrate(release: ReleaseContext, step: Step, service: str) -> None:

@@ -30,6 +30,10 @@ def test_changed_services(release: ReleaseContext, step: Step) -> None:
     step.detail("changed services", " ".join(services) or "(none)")
     step.detail("ticket scripts", " ".join(scripts) or "(none)")
     step.log_fields.update(services=" ".join(services))
+    # What each runs now is what a revert brings back (IMAGES).
+    step.images.update(prepare.running_images(release, services))
+    shown = [f"{key}={image}" for key, image in step.images.items()]
+    step.detail("images running before the release", "\n".join(shown) or "(none)")
 
 
 def test_backup(release: ReleaseContext, step: Step, service: str) -> None:

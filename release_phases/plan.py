@@ -105,6 +105,23 @@ def refuse_fresh_over(options: Options, paths: Paths, saved: State | None) -> No
     )
 
 
+def refuse_released_again(
+    options: Options, paths: Paths, found: State | None, head: str, incoming: str
+) -> None:
+    """A completed release run again with nothing new is not a new release: say so and
+    write nothing (a prepare would find nothing to pull and record a failure over it)."""
+    if options.base_sha or found is None or not (found.finished and found.phase == "verify"):
+        return
+    if head == incoming == found.merge_sha:
+        raise ConfigError(
+            f"ticket {options.ticket} is already released at MERGE_SHA {found.merge_sha} "
+            f"({paths.state} says PHASE=verify done), and origin/{options.branch} has "
+            "nothing new since",
+            next_command="nothing to do; to deploy the same code again on purpose: "
+            + options.command(f"--base-sha {found.base_sha}"),
+        )
+
+
 def plan_fresh(options: Options, git: Git, paths: Paths, found: State | None) -> Plan:
     """Plan a release from prepare: what origin/BRANCH would bring in."""
     refuse_fresh_over(options, paths, found)
@@ -134,6 +151,7 @@ def plan_fresh(options: Options, git: Git, paths: Paths, found: State | None) ->
             f"--branch {options.branch}: origin has no branch of that name",
             next_command=f"check the name with `git -C {paths.repo} branch -r`",
         )
+    refuse_released_again(options, paths, found, base, incoming)
     manifests = services_between(git, paths.repo, base, incoming)
     ticket_scripts = tuple(
         f"releases/{name}"

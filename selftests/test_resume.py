@@ -121,3 +121,17 @@ def test_a_fresh_release_over_one_in_progress_is_refused(deploy, make_service):
         assert run.rc == 4, run
         assert "in the middle of a release" in run.output and "--from=migrate" in run.output
         assert failed.state_path.read_text() == before
+
+
+def test_a_completed_release_run_again_with_nothing_new_says_so_and_writes_nothing(
+    deploy, released
+):
+    state, log = released.state_path.read_bytes(), released.log_path.read_bytes()
+    run = engine.run(deploy.prod, "1234")
+    assert run.rc == 4, run
+    assert f"already released at MERGE_SHA {released.state.merge_sha}" in run.output, run
+    assert "nothing was changed" in run.output
+    assert f"--base-sha {released.state.base_sha}" in run.output, "how to deploy it again"
+    assert released.state_path.read_bytes() == state and released.log_path.read_bytes() == log
+    kept = sorted(p.name for p in released.state_path.parent.iterdir())
+    assert kept == [".lock", "1234.env", "1234.log"], "no old record was copied aside"

@@ -67,6 +67,16 @@ def pull(ctx: ReleaseContext) -> Pulled:
             next_command="find the HEAD from before the pull with `git reflog`, then "
             + opts.command("--base-sha <that sha>"),
         )
+    if not opts.base_sha and head != base:
+        # Another release pulled between this run's plan and its lock: what this run
+        # planned to release is no longer what a pull would bring.
+        raise ReleaseError(
+            f"HEAD moved from {base} to {head} while this run was being planned "
+            "(another release ran meanwhile?)",
+            untouched=NOTHING_CHANGED,
+            next_command="see what that release did (.asd/workspace/releases/*.log), then "
+            + opts.command(),
+        )
     untouched = NOTHING_CHANGED + f"; HEAD is still {head}"
     previous = ctx.git.branch()
     if previous != opts.branch:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import git
 import pytest
 
 from release_phases.host import git as gitops
-from release_phases.host.shell import Runner
+from release_phases.host.shell import CommandFailed, Runner
 
 
 def test_changed_services_are_package_dirs_sorted_once():
@@ -65,3 +67,52 @@ def test_a_failing_read_names_the_command_and_gits_words(tmp_path):
     assert ops.resolve("main") is None, "a missing ref is an answer, not an error"
     with pytest.raises(gitops.GitError, match=r"rev-parse HEAD` exited"):
         ops.head()  # an empty repository has no HEAD commit: an error, never a guess
+
+
+def _origin_with_news(tmp_path: Path) -> Path:
+    """A clone whose origin has a commit the clone has not fetched yet."""
+    origin = tmp_path / "origin.git"
+    git.Repo.init(origin, bare=True, initial_branch="main")
+    dev = git.Repo.clone_from(str(origin), str(tmp_path / "dev"))
+    for n in (1, 2):
+        (tmp_path / "dev" / "f").write_text(f"{n}\n")
+        dev.index.add(["f"])
+        dev.index.commit(f"commit {n}", author=ME, committer=ME)
+        if n == 1:
+            dev.git.push("origin", "HEAD:main")
+            git.Repo.clone_from(str(origin), str(tmp_path / "prod"))
+    dev.git.push("origin", "HEAD:main")
+    return tmp_path / "prod"
+
+
+ME = git.Actor("selftest", "selftest@example.invalid")
+
+
+def test_a_fetch_waits_for_a_ref_another_git_process_has_locked(tmp_path, monkeypatch):
+    prod = _origin_with_news(tmp_path)
+    lock = prod / ".git/refs/remotes/origin/main.lock"
+
+    def hold_then_release() -> None:
+        time.sleep(0.6)
+        lock.unlink()
+
+    lock.write_text("")  # what a concurrent `git fetch` holds while it updates the ref
+    releaser = threading.Thread(target=hold_then_release)
+    releaser.start()
+    try:
+        fetched = gitops.Git(prod, Runner()).fetch()
+    finally:
+        releaser.join()
+    assert fetched.ok
+    assert gitops.Git(prod, Runner()).resolve("origin/main") is not None
+
+    # Without the tries, the same lock fails the fetch: the test above is not vacuous.
+    lock.write_text("")
+    (tmp_path / "dev" / "f").write_text("3\n")
+    dev = git.Repo(tmp_path / "dev")
+    dev.index.add(["f"])
+    dev.index.commit("commit 3", author=ME, committer=ME)
+    dev.git.push("origin", "HEAD:main")
+    monkeypatch.setattr(gitops, "FETCH_RETRIES", (0.0,))
+    with pytest.raises(CommandFailed, match="cannot lock ref"):
+        gitops.Git(prod, Runner()).fetch()

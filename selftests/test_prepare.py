@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from selftests.support import engine
-from selftests.support.scenario import up, web_on_prod
+from selftests.support.scenario import running_on_prod, up, web_on_prod
 
 pytestmark = pytest.mark.docker
 
@@ -276,3 +277,26 @@ def test_a_release_that_adds_a_volume_backs_up_what_was_declared_before(
     assert run.rc == 0, run
     record = deploy.prod / ".asd/workspace/backups/web" / run.state.backups["web"]
     assert '"nothing_declared": true' in (record / "record.json").read_text()
+
+
+def test_two_releases_started_together_one_runs_the_other_is_refused(deploy, make_service):
+    """Exactly one runs: the lock, or the HEAD the winner moved, stops the other. (Their
+    fetches collide only sometimes here; test_gitops holds a ref lock to test that.)"""
+    running_on_prod(deploy, make_service, ("api", "web"))
+    for round_ in range(3):
+        tickets = (f"{round_}a", f"{round_}b")
+        for ticket, service in zip(tickets, ("api", "web"), strict=True):
+            deploy.write(f"packages/{service}/notes.txt", f"round {round_}\n")
+            deploy.merge_feature(f"feature/{ticket}", f"ticket {ticket}: touch {service}")
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            runs = list(pool.map(lambda t: engine.run(deploy.prod, t), tickets))
+        won = [r for r in runs if r.rc == 0]
+        lost = [r for r in runs if r.rc != 0]
+        assert len(won) == 1 and len(lost) == 1, "\n\n".join(map(str, runs))
+        assert "cannot lock ref" not in lost[0].output, lost[0]
+        assert re.search(
+            r"another release holds the lock|HEAD moved from \w+ to \w+ while this run was "
+            r"being planned",
+            lost[0].output,
+        ), lost[0]
+        assert won[0].state.phase == "verify" and won[0].state.phase_status == "done"

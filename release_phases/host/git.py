@@ -8,11 +8,13 @@ a timeout, so a hung filesystem or a stuck hook cannot hang a release.
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from release_phases.errors import ReleaseError
-from release_phases.host.shell import Read, Result, Runner, render
+from release_phases.host.shell import CommandFailed, Read, Result, Runner, render
 
 #: The engine's own files never make the worktree dirty.
 OWN_PATHS = (".asd", "reports", ".pytest_cache")
@@ -69,6 +71,9 @@ def checkout_argv(repo: Path, branch: str) -> list[str]:
     return ["git", "-C", str(repo), "checkout", "--quiet", branch]
 
 
+#: Pauses between tries of a fetch that found a ref locked by another git process.
+FETCH_RETRIES = (0.2, 0.5, 1.0, 2.0, 4.0, 0.0)
+_LOCKED = re.compile(r"cannot lock ref|Unable to create '.*\.lock': File exists")
 #: Seconds a read of the local repository may take before it counts as hung.
 READ_TIMEOUT = 60.0
 FETCH_TIMEOUT = 120.0
@@ -190,7 +195,20 @@ class Git:
 
     # -- changes ------------------------------------------------------------------------
     def fetch(self) -> Result:
-        return self.runner.run(fetch_argv(self.path), timeout=FETCH_TIMEOUT)
+        """`git fetch`, tried again when another git process holds a ref's lock.
+
+        Two runs planning at once (a release and a dry run, or two releases of
+        which the lock will let one through) fetch into the same refs; git then
+        refuses one with "cannot lock ref". That is a wait, not a failure.
+        """
+        for pause in FETCH_RETRIES:
+            result = self.runner.run(fetch_argv(self.path), timeout=FETCH_TIMEOUT, check=False)
+            if result.ok or not _LOCKED.search(result.output):
+                break
+            time.sleep(pause)
+        if not result.ok:
+            raise CommandFailed(result)
+        return result
 
     def pull(self, branch: str) -> Result:
         return self.runner.run(pull_argv(self.path, branch), timeout=PULL_TIMEOUT, check=False)

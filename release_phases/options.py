@@ -30,6 +30,52 @@ def validate_ticket(ticket: str | None) -> str:
     return ticket
 
 
+#: A branch name git would take, and nothing a shell or git could read otherwise.
+BRANCH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
+SHA_RE = re.compile(r"[0-9a-f]{7,40}")
+#: A package directory that names a service: the same alphabet as a ticket id.
+SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def validate_branch(branch: str) -> str:
+    """A plain branch name: refused when git would not take it, or it could be an option
+    or a revision expression (`-x`, `a..b`, `@{`)."""
+    bad = (
+        not BRANCH_RE.fullmatch(branch)
+        or ".." in branch
+        or "//" in branch
+        or branch.endswith(("/", ".", ".lock"))
+        or any(part.startswith(".") for part in branch.split("/"))
+    )
+    if bad:
+        raise ConfigError(
+            f"--branch {branch!r} is not a branch name: use A-Z a-z 0-9 . _ - /, no '..', "
+            "no part starting with '.', not ending with '/', '.' or '.lock'",
+        )
+    return branch
+
+
+def validate_sha(value: str) -> str:
+    """--base-sha: a commit's sha (7 to 40 hex digits), not any revision expression."""
+    if not SHA_RE.fullmatch(value):
+        raise ConfigError(
+            f"--base-sha {value!r} is not a commit sha (7 to 40 of 0-9 a-f); find it with "
+            "`git reflog`",
+        )
+    return value
+
+
+def validate_service(name: str, where: str) -> str:
+    """A directory under packages/ that would name a service."""
+    if not SERVICE_RE.fullmatch(name):
+        raise ConfigError(
+            f"{where}: {name!r} is not a service name: use 1 to 64 of A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit",
+            next_command="rename the directory in the deploy repo, commit, then rerun",
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class Options:
     ticket: str

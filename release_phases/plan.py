@@ -22,7 +22,7 @@ from release_phases.errors import ConfigError, ReleaseError
 from release_phases.host.git import Git, changed_services
 from release_phases.journal import Paths
 from release_phases.manifest import Manifest
-from release_phases.options import Options
+from release_phases.options import Options, validate_service
 from release_phases.state import State
 
 
@@ -207,6 +207,7 @@ def services_between(git: Git, repo: Path, base: str, merge: str) -> dict[str, M
         text = git.show(merge, f"{rel}/manifest.yaml")
         if text is None:
             continue  # not deployable, or removed by this release
+        validate_service(service, f"{rel}/manifest.yaml")
 
         def exists(name: str, rel: str = rel) -> bool:
             return git.exists(merge, f"{rel}/{name}")

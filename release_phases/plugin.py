@@ -35,7 +35,7 @@ import pytest
 from release_phases import PHASES, selection
 from release_phases.errors import ConfigError, ReleaseError
 from release_phases.ledger import Failure, Ledger, dependencies
-from release_phases.options import Options, validate_ticket
+from release_phases.options import Options, validate_branch, validate_sha, validate_ticket
 from release_phases.steps import STEP, Step
 
 if TYPE_CHECKING:
@@ -128,7 +128,8 @@ def options_from(config: pytest.Config, mode: str) -> Options:
         raise ConfigError(f"--from is for -m release; a {mode} run always runs whole")
     repo_opt = config.getoption("repo") or config.getini("release_repo")
     repo = Path(config.rootpath, repo_opt) if repo_opt else Path.cwd()
-    branch = config.getoption("branch")
+    branch = validate_branch(config.getoption("branch"))
+    base_sha = config.getoption("base_sha")
     if branch != "main" and not config.getoption("force_allow_non_main"):
         raise ConfigError(
             f"--branch {branch} is not main: a release from another branch needs "
@@ -142,7 +143,7 @@ def options_from(config: pytest.Config, mode: str) -> Options:
         branch=branch,
         force_allow_non_main=config.getoption("force_allow_non_main"),
         from_phase=config.getoption("from_phase"),
-        base_sha=config.getoption("base_sha"),
+        base_sha=validate_sha(base_sha) if base_sha is not None else None,
         container_prefix=config.getini("container_prefix") or "",
         script_timeout=_ini_number(config, "release_script_timeout", 1800),
         stop_timeout=_stop_timeout(config),

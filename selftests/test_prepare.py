@@ -148,6 +148,27 @@ def test_bad_ticket_ids_are_refused_writing_nothing(deploy, ticket):
     assert _tree_snapshot(deploy) == before
 
 
+def test_hostile_names_run_nothing(deploy, make_service, tmp_path):
+    """No command is a string given to a shell: a name that is one runs nothing."""
+    web_on_prod(deploy, make_service)
+    hostile = "x;touch${IFS}pwned"
+    deploy.write(f"packages/{hostile}/manifest.yaml", "image: {name: a, tag: '1'}\n")
+    deploy.write(f"packages/{hostile}/compose.yaml", "services: {}\n")
+    deploy.merge_feature("feature/7", "a package whose name is a shell command")
+    run = engine.run(deploy.prod, "7")
+    assert run.rc == 4, run
+    assert "is not a service name" in run.output and hostile in run.output, run
+    for ticket in ("1$(touch pwned)", "1`touch pwned`"):
+        run = engine.run(deploy.prod, ticket)
+        assert run.rc == 4 and "--ticket" in run.output, run
+    run = engine.run(deploy.prod, "7", "--branch", "main;touch pwned", "--force-allow-non-main")
+    assert run.rc == 4 and "is not a branch name" in run.output, run
+    run = engine.run(deploy.prod, "7", "--base-sha", "$(touch pwned)")
+    assert run.rc == 4 and "is not a commit sha" in run.output, run
+    assert not list(deploy.root.rglob("pwned")), "a name was run as a command"
+    assert not (deploy.prod / ".asd").exists(), "nothing was written"
+
+
 def test_release_without_ticket_does_not_run(deploy):
     deploy.clone_prod()
     proc = subprocess.run(

@@ -1,0 +1,45 @@
+"""Options and names that are not what they claim are refused, naming what is wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from release_phases.errors import ConfigError
+from release_phases.options import validate_branch, validate_service, validate_sha
+
+
+@pytest.mark.parametrize("branch", ["main", "hotfix/x", "release-1.2", "a_b/c.d"])
+def test_branch_names_git_takes(branch):
+    assert validate_branch(branch) == branch
+
+
+@pytest.mark.parametrize(
+    "branch",
+    ["-x", "--upload-pack=touch pwned", "a..b", "a b", "x;id", "main@{1}", "a/", "a.lock",
+     ".hidden", "a/.b", "a//b", "", "$(id)"],
+)  # fmt: skip
+def test_branch_names_that_are_options_or_expressions_are_refused(branch):
+    with pytest.raises(ConfigError, match=r"--branch .* is not a branch name"):
+        validate_branch(branch)
+
+
+@pytest.mark.parametrize("sha", ["abc1234", "a" * 40])
+def test_shas(sha):
+    assert validate_sha(sha) == sha
+
+
+@pytest.mark.parametrize("sha", ["HEAD~1", "main", "abc", "a" * 41, "ABC1234", "abc1234;id"])
+def test_a_base_sha_must_be_a_sha(sha):
+    with pytest.raises(ConfigError, match=r"--base-sha .* is not a commit sha"):
+        validate_sha(sha)
+
+
+@pytest.mark.parametrize("name", ["web", "api-2", "a.b_c"])
+def test_service_names(name):
+    assert validate_service(name, "packages/x/manifest.yaml") == name
+
+
+@pytest.mark.parametrize("name", ["x;touch${IFS}pwned", "-web", ".web", "a b", "a" * 65])
+def test_a_package_dir_that_is_no_service_name_is_refused(name):
+    with pytest.raises(ConfigError, match=r"packages/x/manifest\.yaml: .* is not a service name"):
+        validate_service(name, "packages/x/manifest.yaml")

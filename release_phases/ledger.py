@@ -156,15 +156,26 @@ class Ledger:
             return [self._finish(phase)]
         return []
 
-    def end(self, *, clean: bool) -> list[Transition]:
-        """The session ends: finish what is open; a clean run passes an empty tail."""
+    def end(self, *, clean: bool, stopped_by: ReleaseError | None = None) -> list[Transition]:
+        """The session ends: finish what is open; a clean run passes an empty tail.
+
+        A run that did not end cleanly with a phase still open (Ctrl-C, SIGTERM, an
+        internal error) did not finish that phase: it is recorded failed, with
+        `stopped_by` (or a plain "stopped") as its failure, never done.
+        """
         if not self.started:
             return []
         done: list[Transition] = []
         if clean and self.entered and not self.failures:
             done += self._empty_tail()
-        if self.open_phase is not None:
-            done.append(self._finish(self.open_phase))
+        phase = self.open_phase
+        if phase is not None and not clean and phase not in self.failures:
+            error = stopped_by or ReleaseError(
+                f"the run stopped before phase {phase} ended", step="stopped"
+            )
+            self.failures[phase] = Failure(phase=phase, item="(stopped)", error=error)
+        if phase is not None:
+            done.append(self._finish(phase))
         return done
 
     def _empty_tail(self) -> list[Transition]:

@@ -26,9 +26,10 @@ pytest-dependency's gaps, closed here and nowhere else:
 from __future__ import annotations
 
 import shutil
+import signal
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -466,6 +467,10 @@ class Record:
         self.ledger = ledger
         self.journal: Journal = ctx.journal
         self.config = config
+        #: What stopped the run (a signal), for the open phase's failure.
+        self.stopped_by: ReleaseError | None = None
+        #: The signal handlers this run replaced, put back at the end.
+        self.handlers: dict[int, Any] = {}
 
     def summary(self) -> Summary:
         return self.ledger.summary(self.ctx.options, self.journal.state.extra)
@@ -505,6 +510,37 @@ class Record:
             self.ledger.refused = "release halted: the lock is held by another release"
             raise
         self.ledger.started = True
+        # From here on a signal ends the run the way Ctrl-C does: the step's processes
+        # are killed (the Runner kills their group), the open phase is recorded failed
+        # with the signal, the lock is let go. SIGTERM would otherwise end Python at once.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.handlers[signum] = signal.signal(signum, self._stop)
+
+    def _stop(self, signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        phase = self.ledger.open_phase or "?"
+        state = self.journal.state
+        if phase == "prepare" and state.base_sha:
+            # The pull may be done: a plain rerun would find nothing to pull.
+            again = self.ctx.options.command(f"--base-sha {state.base_sha}")
+        elif phase in PHASES[1:]:
+            again = self.ctx.options.command(f"--from={phase}")
+        else:
+            again = self.ctx.options.command()
+        self.stopped_by = ReleaseError(
+            f"the run was stopped by {name} during phase {phase}",
+            untouched="what the phase had done so far stays as it was; the step's own "
+            "processes were killed",
+            next_command=f"go on with {again}"
+            + (
+                f"   or roll back: pytest -m revert --ticket {self.ctx.ticket}"
+                if self.ctx.options.mode == "release"
+                else ""
+            ),
+            rc=128 + signum,
+            step=name,
+        )
+        raise KeyboardInterrupt(name)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> None:
@@ -548,8 +584,11 @@ class Record:
     # -- the end ------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)  # before pytest-html writes the report from our state
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        for signum, handler in self.handlers.items():
+            signal.signal(signum, handler)
         if self.journal.is_open:
-            self.journal.record(self.ledger.end(clean=exitstatus == 0))
+            clean = exitstatus == 0
+            self.journal.record(self.ledger.end(clean=clean, stopped_by=self.stopped_by))
             self.journal.close()
         if self.ledger.ran == 0 and not self.config.option.collectonly and exitstatus == 0:
             session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
@@ -567,6 +606,10 @@ class Record:
         st = self.journal.state
         paths = self.ctx.paths
         lines = [f"ticket {self.ctx.ticket}: {summary.headline}"]
+        stop = self.stopped_by
+        if stop is not None:
+            # No step's report says it: the run itself was stopped.
+            lines += [stop.what, f"left as it was: {stop.untouched}"]
         if self.ledger.started:
             lines.append(f"state file: {paths.state}  (PHASE={st.phase} {st.phase_status})")
             lines.append(f"log: {paths.log}")

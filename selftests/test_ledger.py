@@ -279,3 +279,24 @@ def test_a_failure_keeps_the_error_itself():
     assert fail.message == "it broke\nLeft untouched: the data\nNext: one\nsecond line"
     assert fail.next_command == "one", "the first line of the error's own next command"
     assert failure("migrate", text="AssertionError: boom").message == "AssertionError: boom"
+
+
+def test_a_run_stopped_with_a_phase_open_records_it_failed_never_done():
+    run = Run(steps=RELEASE_STEPS)
+    run.passes("prepare", "pull").passes("prepare", "backup[api]")
+    run.recorded += run.ledger.step_runs("migrate")  # migrate[api] was running: Ctrl-C
+    stop = ReleaseError("the run was stopped by SIGINT during phase migrate", rc=130, step="SIGINT")
+    run.recorded += run.ledger.end(clean=False, stopped_by=stop)
+    last = run.recorded[-1]
+    assert isinstance(last, Finished) and last.phase == "migrate"
+    assert last.failure is not None and last.failure.error is stop
+    assert (last.failure.rc, last.failure.step) == (130, "SIGINT")
+    summary = run.ledger.summary(options(), {})
+    assert summary.headline == "FAILED in migrate"
+    assert summary.next_command == RESUME.format("migrate")
+    # Stopped without saying why (an internal error): still failed, not done.
+    plain = Run(steps=RELEASE_STEPS)
+    plain.passes("prepare", "pull")
+    plain.recorded += plain.ledger.end(clean=False)
+    assert plain.recorded[-1] == Finished("prepare", plain.ledger.failures["prepare"])
+    assert plain.ledger.failures["prepare"].step == "stopped"

@@ -173,6 +173,10 @@ def parse(
     containers = r.str_list("containers") or (service,)
     compose_name = r.get("compose_file", str, None)
     if compose_name is not None:
+        if Path(compose_name).is_absolute() or ".." in Path(compose_name).parts:
+            raise r.error(
+                "compose_file", f"must be a path inside the package directory, got {compose_name!r}"
+            )
         compose_file = package_dir / compose_name
         if not exists(compose_name):
             raise r.error("compose_file", f"names {compose_name}, which does not exist")
@@ -241,4 +245,13 @@ def load(repo: Path, service: str) -> Manifest:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read manifest {source}: {exc.strerror}") from None
-    return parse(text, service=service, package_dir=package_dir, source=source)
+    found = parse(text, service=service, package_dir=package_dir, source=source)
+    target = found.compose_file.resolve()
+    if not target.is_relative_to(package_dir.resolve()):
+        raise ConfigError(
+            f"invalid manifest {source}: compose_file {found.compose_file.name} is a link to "
+            f"{target}, outside packages/{service}/",
+            next_command=f"put the compose file itself in packages/{service}/, commit and "
+            "merge it, then rerun the release",
+        )
+    return found

@@ -41,6 +41,17 @@ class Script:
 
 
 def _script(path: Path, name: str) -> Script:
+    """A script file of the deploy repo; one that is a link out of its directory is
+    refused, since what it runs would not be what the repo reviewed and merged."""
+    within = path.parent.resolve()
+    target = path.resolve()
+    if not target.is_relative_to(within):
+        raise ConfigError(
+            f"{name} is a link to {target}, outside {within}: a hook or ticket script must "
+            "be a file of the deploy repo",
+            next_command="replace the link with the file itself, commit and merge, then "
+            "rerun the release",
+        )
     return Script(path=path, kind=KINDS[path.suffix], name=name)
 
 

@@ -79,3 +79,20 @@ health:
     assert m.health.command == ("pg_isready", "-U", "app")
     assert _load(tmp_path / "b", GOOD).health.kinds == ("endpoint",)
 
+
+
+@pytest.mark.parametrize("name", ["../other/compose.yaml", "/etc/compose.yaml"])
+def test_a_compose_file_outside_the_package_is_refused(tmp_path, name):
+    with pytest.raises(ConfigError, match=r"compose_file must be a path inside the package"):
+        _load(tmp_path, GOOD + f"compose_file: {name}\n")
+
+
+def test_a_compose_file_that_links_out_of_the_package_is_refused(tmp_path):
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text("services: {}\n")
+    pkg = tmp_path / "packages" / "web"
+    pkg.mkdir(parents=True)
+    (pkg / "compose.yaml").symlink_to(outside)
+    (pkg / "manifest.yaml").write_text(GOOD)
+    with pytest.raises(ConfigError, match=r"compose_file compose\.yaml is a link to .*outside"):
+        manifest.load(tmp_path, "web")

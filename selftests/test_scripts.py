@@ -350,3 +350,22 @@ def test_preflight_passes_when_every_runtime_is_installed(repo: Path) -> None:
         Script(repo / "c.ts", "ts", "c.ts"),
     ]
     assert preflight(found) is None
+
+
+def test_a_hook_or_ticket_script_that_links_out_of_the_repo_is_refused(tmp_path):
+    outside = tmp_path / "outside.sh"
+    outside.write_text("echo I was not reviewed\n")
+    repo = tmp_path / "repo"
+    (repo / "packages" / "api").mkdir(parents=True)
+    (repo / "releases").mkdir()
+    (repo / "packages" / "api" / "pre_start_init.sh").symlink_to(outside)
+    (repo / "releases" / "12-x.sh").symlink_to(outside)
+    with pytest.raises(ConfigError, match=r"packages/api/pre_start_init\.sh is a link to"):
+        find_hook(repo / "packages" / "api", "pre_start_init")
+    with pytest.raises(ConfigError, match=r"releases/12-x\.sh is a link to .*outside"):
+        find_ticket_scripts(repo, "12")
+    # A link within the directory is a file of the repo: taken.
+    (repo / "releases" / "12-x.sh").unlink()
+    (repo / "releases" / "real.sh").write_text("echo ok\n")
+    (repo / "releases" / "12-y.sh").symlink_to("real.sh")
+    assert [s.name for s in find_ticket_scripts(repo, "12")] == ["releases/12-y.sh"]

@@ -177,18 +177,30 @@ def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord:
     return backup.take(ctx.host.engine, declared, project, ctx.paths.backups)
 
 
-def running_images(ctx: ReleaseContext, services: list[str]) -> dict[str, str]:
-    """The image id each service runs before the release: what the revert brings back.
+def running_images(ctx: ReleaseContext, services: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The image id each service runs before the release: what the revert brings back;
+    and a note for each container whose id is not recorded, saying why.
 
     Keyed by service, or `service/compose-service` when its manifest names several
-    compose services. A service with no container yet (new in this release) has none.
+    compose services. Only a container that runs the image the running version's
+    manifest names (BASE_SHA's `image.name:image.tag`) counts: one already on another
+    image (started by hand from a newer checkout, say) must not become the image the
+    revert points the old tag at. A service with no container yet has none.
     """
     found: dict[str, str] = {}
+    notes: list[str] = []
     for service in services:
-        _, project = running_version(ctx, service)
+        declared, project = running_version(ctx, service)
         for name in project.services:
             containers = ctx.host.engine.containers_of(project.name, name)
-            if containers:
-                key = image_key(service, project.services, name)
-                found[key] = str(containers[0].attrs["Image"])
-    return found
+            if not containers:
+                continue
+            configured = str(containers[0].attrs["Config"]["Image"])
+            if configured != declared.image.ref:
+                notes.append(
+                    f"{service}/{name} runs {configured}, not {declared.image.ref} as its "
+                    "manifest at BASE_SHA says: its image is not recorded"
+                )
+                continue
+            found[image_key(service, project.services, name)] = str(containers[0].attrs["Image"])
+    return found, notes

@@ -50,11 +50,13 @@ def preflight(ctx: ReleaseContext) -> list[str]:
     else:
         hostchecks.refuse_dirty(ctx, dirty, NOTHING_REVERTED)
     lines.append(f"branch {branch}, BASE_SHA {st.base_sha}, MERGE_SHA {st.merge_sha}")
-    missing = [image for image in st.images.values() if ctx.host.engine.image_id(image) is None]
+    # With --skip-git the compose file stays the release's: IMAGES is not used.
+    recorded = {} if ctx.options.skip_git else st.images
+    missing = [image for image in recorded.values() if ctx.host.engine.image_id(image) is None]
     if missing:
         raise ReleaseError(
             f"the images services ran before the release are no longer on this host: "
-            f"{', '.join(f'{k}={i}' for k, i in st.images.items() if i in missing)} "
+            f"{', '.join(f'{k}={i}' for k, i in recorded.items() if i in missing)} "
             "(removed or pruned?); the revert would not bring back what ran",
             untouched=NOTHING_REVERTED,
             next_command="bring them back (`docker load -i <saved image>`, or rebuild so that "
@@ -62,15 +64,20 @@ def preflight(ctx: ReleaseContext) -> list[str]:
             "or, to revert to whatever image the reverted compose file names instead, "
             f"remove those entries from IMAGES in {ctx.paths.state}, then the same command",
         )
-    if st.images:
-        lines.append(f"images to bring back, all on this host: {len(st.images)}")
+    if recorded:
+        lines.append(f"images to bring back, all on this host: {len(recorded)}")
     return lines
 
 
-def bring_back_images(ctx: ReleaseContext, service: str, project: ComposeProject) -> list[str]:
+def bring_back_images(
+    ctx: ReleaseContext, manifest: Manifest, project: ComposeProject
+) -> list[str]:
     """Point each image tag the reverted compose file names at the id the service ran
     before the release (IMAGES), where the tag has moved since; what was done, a line
-    each. With --skip-git the compose file is the release's, and its tags stay."""
+    each. With --skip-git the compose file is the release's, and its tags stay. Only
+    the manifest's own image.name:image.tag is moved, as prepare only recorded ids of
+    containers that ran it."""
+    service = manifest.service
     recorded = {
         name: ctx.state.images[key]
         for name in project.services
@@ -86,8 +93,11 @@ def bring_back_images(ctx: ReleaseContext, service: str, project: ComposeProject
     lines = []
     for name, image in recorded.items():
         ref = (services.get(name) or {}).get("image")
-        if not ref:
-            lines.append(f"{name}: the compose file names no image; nothing to tag")
+        if ref != manifest.image.ref:
+            lines.append(
+                f"{name}: the compose file names {ref or 'no image'}, not the manifest's "
+                f"{manifest.image.ref}; no tag is moved"
+            )
             continue
         now = ctx.host.engine.image_id(ref)
         if now == image:
@@ -204,7 +214,7 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
         )
         return
     project = ctx.project(manifest)
-    step.detail("images", "\n".join(bring_back_images(ctx, service, project)))
+    step.detail("images", "\n".join(bring_back_images(ctx, manifest, project)))
     timeout = ctx.options.compose_timeout
     stop = project.stop()
     stopped = ctx.host.run(stop, timeout=timeout)

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from selftests.support import engine
-from selftests.support.scenario import container, running_on_prod, v1_running_v2_merged
+from selftests.support.scenario import container, running_on_prod, up, v1_running_v2_merged
 
 pytestmark = pytest.mark.docker
 
@@ -114,3 +114,23 @@ def test_a_revert_refuses_before_anything_stops_when_the_old_image_is_gone(
 def _report(deploy, mode: str) -> str:
     [found] = (deploy.prod / "reports").glob(f"1234-{mode}-*.html")
     return found.read_text()
+
+
+def test_a_container_already_on_the_new_image_is_not_recorded_and_no_tag_moves(
+    deploy, make_service, docker_client
+):
+    """Pulled and started by hand before the release: what runs is not BASE_SHA's image,
+    so the revert must not point the old tag at it."""
+    [svc] = v1_running_v2_merged(deploy, make_service, ("byhand",)).values()
+    base = deploy.prod_repo.head.commit.hexsha
+    old = docker_client.images.get(f"{svc.repository}:1").id
+    deploy.prod_repo.git.pull("--ff-only", "origin", "main")
+    up(deploy, svc)  # the operator's mistake: v2 runs before the release
+    run = engine.run(deploy.prod, "1234", f"--base-sha={base}")
+    assert run.rc == 0, run
+    assert run.state.images == {}, "the new image is not recorded as the one to go back to"
+    assert run.state.services == ["byhand"]
+    reverted = engine.run(deploy.prod, "1234", mode="revert")
+    assert reverted.rc == 0, reverted
+    assert docker_client.images.get(f"{svc.repository}:1").id == old, "the old tag stayed"
+    assert container(docker_client, svc).attrs["Image"] == old

@@ -31,8 +31,9 @@ def test_changed_services(release: ReleaseContext, step: Step) -> None:
     step.detail("ticket scripts", " ".join(scripts) or "(none)")
     step.log_fields.update(services=" ".join(services))
     # What each runs now is what a revert brings back (IMAGES).
-    step.images.update(prepare.running_images(release, services))
-    shown = [f"{key}={image}" for key, image in step.images.items()]
+    images, notes = prepare.running_images(release, services)
+    step.images.update(images)
+    shown = [f"{key}={image}" for key, image in images.items()] + notes
     step.detail("images running before the release", "\n".join(shown) or "(none)")
 
 

@@ -21,6 +21,7 @@ from enum import Enum
 
 from release_phases.errors import ReleaseError
 from release_phases.options import Options
+from release_phases.state import State
 
 
 class Outcome(Enum):
@@ -252,14 +253,20 @@ class Ledger:
             where.append(f"step {failure.step}")
         return f"{', '.join(where)} (rc {failure.rc})"
 
-    def next_command(self, options: Options, extra: dict[str, str]) -> str:
-        """What the operator runs next; `extra` is the state's keys beyond the known ones."""
+    def next_command(self, options: Options, state: State) -> str:
+        """What the operator runs next, given the state as this run leaves it."""
         revert = f"pytest -m revert --ticket {options.ticket}"
+        extra = state.extra
         failure = self.first_failure
         if failure is not None:
+            hint = failure.next_command
+            if failure.phase == "prepare" and state.merge_sha and state.base_sha != state.merge_sha:
+                # The pull is done: a plain rerun would find nothing to pull.
+                again = options.command(f"--base-sha {state.base_sha}")
+                return f"{hint}; then {again}" if hint else f"fix the cause above, then {again}"
             if failure.phase in ("prepare", "revert", "return_to_main"):
                 # These phases can be run again as they are: the error's own hint is best.
-                return failure.next_command or f"fix the cause above, then {options.command()}"
+                return hint or f"fix the cause above, then {options.command()}"
             return (
                 f"fix the cause, then {options.command(f'--from={failure.phase}')}"
                 f"   or roll back: {revert}"
@@ -277,12 +284,12 @@ class Ledger:
             return "nothing"
         return f"nothing; to roll back this release: {revert}"
 
-    def summary(self, options: Options, extra: dict[str, str]) -> Summary:
+    def summary(self, options: Options, state: State) -> Summary:
         return Summary(
             outcome=self.outcome(),
             headline=self.headline(),
             stopped=self.stopped(),
-            next_command=self.next_command(options, extra),
+            next_command=self.next_command(options, state),
             failure=self.first_failure,
         )
 

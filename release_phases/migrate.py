@@ -12,7 +12,7 @@ from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 from release_phases.host import compose
 from release_phases.host.compose import ComposeProject
-from release_phases.host.shell import render
+from release_phases.host.shell import CommandFailed, render
 from release_phases.manifest import Manifest
 from release_phases.steps import Step
 
@@ -39,17 +39,10 @@ def absent_images(ctx: ReleaseContext, project: ComposeProject) -> tuple[list[st
     return ctx.host.missing_images(project), f"$ {render(argv)}\n{result.output}"
 
 
-def build(ctx: ReleaseContext, manifest: Manifest, project: ComposeProject) -> str | None:
-    """Build the service's images that compose builds (a `build:` section), from the
-    worktree at MERGE_SHA; returns the build's output, None when nothing is built.
-
-    Each built image must be the manifest's image.name:image.tag, which is what the
-    compose service's `image:` tags it as and what verify checks.
-    """
+def to_build(ctx: ReleaseContext, manifest: Manifest, project: ComposeProject) -> list[str]:
+    """The service's compose services that compose builds (a `build:` section); each
+    must be tagged as the manifest's image.name:image.tag, which verify checks."""
     built = compose.built_in_config(ctx.host.compose_config(project), project.services)
-    if not built:
-        return None
-    resume = ctx.options.command("--from=migrate")
     expected = manifest.image.ref
     for name, image in built:
         if image != expected:
@@ -58,48 +51,58 @@ def build(ctx: ReleaseContext, manifest: Manifest, project: ComposeProject) -> s
                 f"{image or '(no image: set)'}, not the manifest's {expected}",
                 untouched="every container: nothing was built or recreated",
                 next_command=f"set `image: {expected}` on service {name} in "
-                f"{manifest.compose_file}, commit and merge it, then {resume}",
+                f"{manifest.compose_file}, commit and merge it, then "
+                + ctx.options.command("--from=migrate"),
                 step="build",
             )
-    argv = project.build([name for name, _ in built])
+    return [name for name, _ in built]
+
+
+def build(
+    ctx: ReleaseContext, manifest: Manifest, project: ComposeProject, names: list[str]
+) -> str:
+    """`compose build` of those services, from the worktree at MERGE_SHA; its output."""
+    argv = project.build(names)
     result = ctx.host.run(argv, timeout=ctx.options.compose_timeout, stream=True, check=False)
-    shown = f"$ {render(argv)}\n{result.output}"
     if not result.ok:
         how = "timed out" if result.timed_out else f"exited {result.returncode}"
         raise ReleaseError(
             f"the build of {manifest.service} {how}; its last output:\n{result.tail(30)}",
             untouched="every container: nothing was recreated",
             next_command=f"fix the build (run it by hand: cd {ctx.repo} && {render(argv)}), "
-            f"then {resume}",
+            f"then {ctx.options.command('--from=migrate')}",
             rc=result.returncode if result.returncode > 0 else 1,
             step="build",
         )
-    return shown
+    return f"$ {render(argv)}\n{result.output}"
 
 
 def ready(ctx: ReleaseContext, services: list[str], step: Step) -> list[str]:
     """Before any container is touched: Compose v2, builds, every image, every script
-    runtime."""
+    runtime. Everything that can be checked is checked before the first build."""
     lines = [f"compose: {ctx.host.compose}"]
-    missing: list[str] = []
+    planned = []
     needed: list[scripts.Script] = []
     for service in services:
         manifest = ctx.manifest(service)
         project = ctx.project(manifest)
-        built = build(ctx, manifest, project)
-        if built is not None:
-            step.detail(f"build of {service}", built)
-            lines.append(f"{service}: built {manifest.image.ref}")
+        planned.append((manifest, project, to_build(ctx, manifest, project)))
+        needed += hooks_of(manifest)
+    needed += scripts.find_ticket_scripts(ctx.repo, ctx.ticket)
+    scripts.preflight(needed)
+    missing: list[str] = []
+    for manifest, project, names in planned:
+        if names:
+            step.detail(f"build of {manifest.service}", build(ctx, manifest, project, names))
+            lines.append(f"{manifest.service}: built {manifest.image.ref}")
         absent, pulled = absent_images(ctx, project)
-        missing += [f"{image} (for {service})" for image in absent]
+        missing += [f"{image} (for {manifest.service})" for image in absent]
         if pulled:
             lines.append(pulled)
-        needed += hooks_of(manifest)
         lines.append(
-            f"{service}: compose file {manifest.compose_file.name}, "
+            f"{manifest.service}: compose file {manifest.compose_file.name}, "
             f"containers {' '.join(manifest.containers)}"
         )
-    needed += scripts.find_ticket_scripts(ctx.repo, ctx.ticket)
     if missing:
         raise ReleaseError(
             "images are not present on this host"
@@ -111,14 +114,11 @@ def ready(ctx: ReleaseContext, services: list[str], step: Step) -> list[str]:
             + ctx.options.command("--from=migrate"),
             step="images",
         )
-    scripts.preflight(needed)
     lines.append(f"scripts: {' '.join(s.name for s in needed) or '(none)'}")
     return lines
 
 
-def _run_hooks(
-    ctx: ReleaseContext, manifest: Manifest, names: tuple[str, ...], step: Step
-) -> None:
+def _run_hooks(ctx: ReleaseContext, manifest: Manifest, names: tuple[str, ...], step: Step) -> None:
     for name in names:
         hook = scripts.find_hook(manifest.package_dir, name)
         if hook is None:
@@ -157,7 +157,12 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
     try:
         result = ctx.host.recreate(project, timeout=ctx.options.compose_timeout)
     except ReleaseError as exc:
-        step.detail("compose up (failed)", f"$ {render(argv)}\n{getattr(exc, 'result', exc)}")
+        output = exc.result.output if isinstance(exc, CommandFailed) else str(exc)
+        step.detail("compose up (failed)", f"$ {render(argv)}\n{output}")
+        exc.untouched = (
+            f"the services after {service}: not touched; {service}'s containers may be "
+            "partly recreated (see `compose up` in the report)"
+        )
         probing.keep_logs(ctx, project, step)
         exc.step = "compose-up"
         raise

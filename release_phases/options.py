@@ -108,5 +108,9 @@ class Options:
             parts += ["--repo", str(self.repo)]
         if self.branch != "main" and mode == "release":
             parts += ["--branch", self.branch, "--force-allow-non-main"]
+        if mode == "revert" == self.mode:
+            # A rerun must leave alone what the operator chose to leave alone.
+            chosen = {"--skip-git": self.skip_git, "--skip-data": self.skip_data}
+            parts += [flag for flag, on in chosen.items() if on and flag not in extra]
         # extra may hold placeholders (`--base-sha <sha>`) an operator fills in: as is.
         return " ".join([shlex.join(parts), *extra])

@@ -59,8 +59,8 @@ class Plan:
 
 
 def make(options: Options, start_phase: str, git: Git, paths: Paths, found: State | None) -> Plan:
-    """The plan of this run, from its options and the state file as found."""
-    check_repo(paths.repo)
+    """The plan of this run, from its options and the state file as found (the repo
+    checked by `check_repo`)."""
     if options.mode == "revert":
         return plan_revert(paths, found)
     if options.mode == "return_to_main":

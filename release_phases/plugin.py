@@ -25,6 +25,7 @@ pytest-dependency's gaps, closed here and nowhere else:
 
 from __future__ import annotations
 
+import math
 import shutil
 import signal
 from collections.abc import Callable, Generator, Sequence
@@ -160,7 +161,8 @@ def _stop_timeout(config: pytest.Config) -> int | None:
     """Unset: compose's own rule decides (the service's stop_grace_period, else its default)."""
     if not config.getini("release_stop_timeout"):
         return None
-    return int(_ini_number(config, "release_stop_timeout", 0))
+    # Up, never down: 0.5 must not become --timeout 0, an instant SIGKILL.
+    return math.ceil(_ini_number(config, "release_stop_timeout", 0))
 
 
 def _ini_number(config: pytest.Config, name: str, default: float) -> float:
@@ -198,7 +200,7 @@ def pytest_configure(config: pytest.Config) -> None:
         expr = selection.compile_keyword(keyword) if keyword else None
         start = selection.start_phase(expr, options.from_phase) if mode == "release" else mode
         ctx = ReleaseContext.build(options, start)
-    except ConfigError as exc:
+    except ReleaseError as exc:  # bad input, or git refusing a read while planning
         raise pytest.UsageError(str(exc)) from None
     config.stash[CONTEXT] = ctx
     # The directory, not its files: node ids then read `test_migrate.py::...`, and
@@ -473,7 +475,7 @@ class Record:
         self.handlers: dict[int, Any] = {}
 
     def summary(self) -> Summary:
-        return self.ledger.summary(self.ctx.options, self.journal.state.extra)
+        return self.ledger.summary(self.ctx.options, self.journal.state)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         for item in session.items:
@@ -488,7 +490,12 @@ class Record:
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None]:
         phase = phase_of(item)
-        if phase is not None and not self.ledger.started and not self.ledger.refused:
+        if phase is not None and self.ledger.refused:
+            # The run was refused (the lock is held): no step may run unrecorded. Steps
+            # that depend on a failed one are skipped by pytest-dependency, but a check
+            # of `-k verify` depends on a step of an earlier run, registered as passed.
+            pytest.skip(self.ledger.refused)
+        if phase is not None and not self.ledger.started:
             self._open(phase)
         try:
             return (yield)
@@ -519,24 +526,16 @@ class Record:
     def _stop(self, signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
         phase = self.ledger.open_phase or "?"
-        state = self.journal.state
-        if phase == "prepare" and state.base_sha:
-            # The pull may be done: a plain rerun would find nothing to pull.
-            again = self.ctx.options.command(f"--base-sha {state.base_sha}")
-        elif phase in PHASES[1:]:
-            again = self.ctx.options.command(f"--from={phase}")
+        if phase in PHASES[1:]:
+            go_on = f"go on with {self.ctx.options.command(f'--from={phase}')}   or roll back: "
+            go_on += f"pytest -m revert --ticket {self.ctx.ticket}"
         else:
-            again = self.ctx.options.command()
+            go_on = ""  # prepare, revert: the ledger names the rerun (--base-sha after a pull)
         self.stopped_by = ReleaseError(
             f"the run was stopped by {name} during phase {phase}",
             untouched="what the phase had done so far stays as it was; the step's own "
             "processes were killed",
-            next_command=f"go on with {again}"
-            + (
-                f"   or roll back: pytest -m revert --ticket {self.ctx.ticket}"
-                if self.ctx.options.mode == "release"
-                else ""
-            ),
+            next_command=go_on,
             rc=128 + signum,
             step=name,
         )

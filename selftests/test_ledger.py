@@ -13,6 +13,7 @@ from release_phases import PHASES
 from release_phases.errors import ReleaseError
 from release_phases.ledger import Began, Failure, Finished, Ledger, Outcome, Transition
 from release_phases.options import Options
+from release_phases.state import State
 
 REVERT = "pytest -m revert --ticket 7"
 
@@ -202,7 +203,7 @@ NO_HINT = "fix the cause above, then pytest -m release --ticket 7"
 )  # fmt: skip
 def test_outcome_headline_and_next_command(drive, mode, extra, outcome, headline, next_command):
     run = drive()
-    summary = run.ledger.summary(options(mode), extra)
+    summary = run.ledger.summary(options(mode), State(ticket="7", extra=extra))
     assert summary.outcome is outcome
     assert summary.headline == headline
     assert summary.next_command == next_command
@@ -291,7 +292,7 @@ def test_a_run_stopped_with_a_phase_open_records_it_failed_never_done():
     assert isinstance(last, Finished) and last.phase == "migrate"
     assert last.failure is not None and last.failure.error is stop
     assert (last.failure.rc, last.failure.step) == (130, "SIGINT")
-    summary = run.ledger.summary(options(), {})
+    summary = run.ledger.summary(options(), State(ticket="7"))
     assert summary.headline == "FAILED in migrate"
     assert summary.next_command == RESUME.format("migrate")
     # Stopped without saying why (an internal error): still failed, not done.
@@ -300,3 +301,14 @@ def test_a_run_stopped_with_a_phase_open_records_it_failed_never_done():
     plain.recorded += plain.ledger.end(clean=False)
     assert plain.recorded[-1] == Finished("prepare", plain.ledger.failures["prepare"])
     assert plain.ledger.failures["prepare"].step == "stopped"
+
+
+def test_after_the_pull_a_prepare_failure_names_the_base_sha_to_go_on_with():
+    pulled = State(ticket="7", base_sha="a" * 40, merge_sha="b" * 40)
+    again = f"pytest -m release --ticket 7 --base-sha {'a' * 40}"
+    bare = fails_in("prepare", "api")()
+    assert bare.ledger.next_command(options(), pulled) == f"fix the cause above, then {again}"
+    hinted = fails_in("prepare", "api", ReleaseError("x", next_command="free some disk"))()
+    assert hinted.ledger.next_command(options(), pulled) == f"free some disk; then {again}"
+    # Before the pull (no MERGE_SHA yet), the run itself is the command.
+    assert bare.ledger.next_command(options(), State(ticket="7")) == NO_HINT

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from release_phases.errors import ConfigError
-from release_phases.options import validate_branch, validate_service, validate_sha
+from release_phases.options import (
+    Options,
+    validate_branch,
+    validate_service,
+    validate_sha,
+)
 
 
 @pytest.mark.parametrize("branch", ["main", "hotfix/x", "release-1.2", "a_b/c.d"])
@@ -43,3 +50,12 @@ def test_service_names(name):
 def test_a_package_dir_that_is_no_service_name_is_refused(name):
     with pytest.raises(ConfigError, match=r"packages/x/manifest\.yaml: .* is not a service name"):
         validate_service(name, "packages/x/manifest.yaml")
+
+
+def test_a_reverts_next_command_keeps_what_it_chose_to_leave_alone():
+    opts = Options(ticket="7", repo=Path.cwd(), mode="revert", skip_git=True, skip_data=True)
+    assert opts.command() == "pytest -m revert --ticket 7 --skip-git --skip-data"
+    assert opts.command("--skip-data") == "pytest -m revert --ticket 7 --skip-git --skip-data"
+    assert opts.command(mode="release") == "pytest -m release --ticket 7"
+    plain = Options(ticket="7", repo=Path.cwd(), mode="revert")
+    assert plain.command() == "pytest -m revert --ticket 7"

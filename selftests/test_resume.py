@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from release_phases import state as statefile
 from selftests.support import engine
 from selftests.support.scenario import v1_running_v2_merged
+from selftests.test_prepare import HOLD_LOCK
 
 pytestmark = pytest.mark.docker
 
@@ -135,3 +139,23 @@ def test_a_completed_release_run_again_with_nothing_new_says_so_and_writes_nothi
     assert released.state_path.read_bytes() == state and released.log_path.read_bytes() == log
     kept = sorted(p.name for p in released.state_path.parent.iterdir())
     assert kept == [".lock", "1234.env", "1234.log"], "no old record was copied aside"
+
+
+def test_k_verify_while_another_run_holds_the_lock_runs_no_check(deploy, released):
+    """The checks depend on steps of an earlier run: the refusal must stop them too."""
+    lock_path = deploy.prod / ".asd/workspace/releases/.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        seen = len(released.events)
+        run = engine.run(deploy.prod, "1234", "-k", "verify")
+        assert run.rc != 0, run
+        assert "other-1" in run.output, run
+        assert "3 skipped" in run.output and " passed" not in run.output, run
+        assert "release halted: the lock is held by another release" in run.output
+        assert len(released.events) == seen, "nothing was logged"
+    finally:
+        holder.kill()
+        holder.wait()

@@ -8,14 +8,21 @@ is a method of `Engine`. The SDK client is made on first use, so building an
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from release_phases.errors import ReleaseError
 
 if TYPE_CHECKING:
     import docker
     from docker.models.containers import Container
     from docker.models.volumes import Volume
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -24,6 +31,32 @@ VOLUME_LABEL = "com.docker.compose.volume"
 WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
 #: The engine's own throwaway containers (a volume mounted to archive it).
 HELPER_LABEL = "io.release-phases.helper"
+
+
+def answering(query: Callable[P, T]) -> Callable[P, T]:
+    """The SDK's errors as an operator's: "the engine did not answer", not a traceback.
+
+    A missing object (NotFound) is an answer, and goes through as it is.
+    """
+
+    @functools.wraps(query)
+    def asked(*args: P.args, **kwargs: P.kwargs) -> T:
+        import docker.errors
+        import requests
+
+        try:
+            return query(*args, **kwargs)
+        except docker.errors.NotFound:
+            raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise ReleaseError(
+                f"the Docker Engine did not answer ({query.__name__}): {exc}",
+                untouched="what this step had not reached yet",
+                next_command="check the engine (`docker info`; `systemctl status docker`), "
+                "then run the same command again",
+            ) from None
+
+    return asked
 
 
 def container_number(container: Container) -> int:
@@ -50,11 +83,13 @@ class Engine:
 
         return docker.from_env()
 
+    @answering
     def version(self) -> str:
         info: dict[str, Any] = self.client.version()
         return str(info.get("Version", "?"))
 
     # -- containers ---------------------------------------------------------------------
+    @answering
     def containers_of(self, project: str, service: str) -> list[Container]:
         """A compose service's containers, stopped ones too, in container-number order."""
         found = self.client.containers.list(
@@ -67,23 +102,27 @@ class Engine:
         """The containers of several services of one project, service by service."""
         return [c for service in services for c in self.containers_of(project, service)]
 
+    @answering
     def containers_made_in(self, working_dir: str) -> list[Container]:
         """Containers compose made from files in `working_dir`, whatever their project."""
         return self.client.containers.list(
             all=True, filters={"label": f"{WORKING_DIR_LABEL}={working_dir}"}
         )
 
+    @answering
     def volume_users(self, volume: str) -> list[Container]:
         """Containers that mount the volume, other than the engine's own throwaway ones."""
         found = self.client.containers.list(all=True, filters={"volume": volume})
         return [c for c in found if HELPER_LABEL not in c.labels]
 
+    @answering
     def stale_helpers(self, volume: str) -> list[Container]:
         """Throwaway containers a killed run left holding the volume."""
         return self.client.containers.list(
             all=True, filters={"volume": volume, "label": f"{HELPER_LABEL}=1"}
         )
 
+    @answering
     def state(self, container: str) -> ContainerState:
         """A container's state now (read afresh), by name or id."""
         attrs: dict[str, Any] = self.client.containers.get(container).attrs
@@ -97,6 +136,7 @@ class Engine:
         )
 
     # -- images and volumes -------------------------------------------------------------
+    @answering
     def image_id(self, ref: str) -> str | None:
         """The id `ref` resolves to on this host now, or None when it is not here."""
         import docker.errors
@@ -106,6 +146,7 @@ class Engine:
         except docker.errors.ImageNotFound:
             return None
 
+    @answering
     def volume(self, name: str) -> Volume | None:
         import docker.errors
 

@@ -36,6 +36,8 @@ class Plan:
     services: tuple[str, ...] = ()
     manifests: Mapping[str, Manifest] = field(default_factory=dict)
     ticket_scripts: tuple[str, ...] = ()
+    #: Services whose manifest this release deletes: not released, left running.
+    removed: tuple[str, ...] = ()
     #: A problem of the host (origin unreachable) that preflight reports as a failed step.
     problem: ReleaseError | None = None
     #: service -> the directory its e2e tests are collected from.
@@ -51,6 +53,11 @@ class Plan:
             lines.append(f"BASE_SHA {self.base_sha}  ->  incoming {self.incoming_sha or '?'}")
         lines.append(f"services: {' '.join(self.services) or '(none)'}")
         lines.append(f"ticket scripts: {' '.join(self.ticket_scripts) or '(none)'}")
+        if self.removed:
+            lines.append(
+                f"removed by this release, left running (stop them by hand): "
+                f"{' '.join(self.removed)}"
+            )
         if self.e2e:
             lines.append(f"e2e tests: {' '.join(self.e2e)}")
         if self.problem:
@@ -152,7 +159,7 @@ def plan_fresh(options: Options, git: Git, paths: Paths, found: State | None) ->
             next_command=f"check the name with `git -C {paths.repo} branch -r`",
         )
     refuse_released_again(options, paths, found, base, incoming)
-    manifests = services_between(git, paths.repo, base, incoming)
+    manifests, removed = services_between(git, paths.repo, base, incoming)
     ticket_scripts = tuple(
         f"releases/{name}"
         for name in sorted(git.list_dir(incoming, "releases"))
@@ -166,6 +173,7 @@ def plan_fresh(options: Options, git: Git, paths: Paths, found: State | None) ->
         services=tuple(manifests),
         manifests=manifests,
         ticket_scripts=ticket_scripts,
+        removed=tuple(removed),
         e2e=e2e,
         e2e_args=(snapshot,) if snapshot else (),
         e2e_snapshot=snapshot,
@@ -199,13 +207,19 @@ def snapshot_e2e(
     return e2e, root
 
 
-def services_between(git: Git, repo: Path, base: str, merge: str) -> dict[str, Manifest]:
-    """Changed `packages/<service>/` with a manifest at `merge`, validated as of `merge`."""
+def services_between(
+    git: Git, repo: Path, base: str, merge: str
+) -> tuple[dict[str, Manifest], list[str]]:
+    """Changed `packages/<service>/` with a manifest at `merge`, validated as of `merge`;
+    and those whose manifest `merge` deletes (removed by the release)."""
     found: dict[str, Manifest] = {}
+    removed: list[str] = []
     for service in changed_services(git.changed_files(base, merge)):
         rel = f"packages/{service}"
         text = git.show(merge, f"{rel}/manifest.yaml")
         if text is None:
+            if git.exists(base, f"{rel}/manifest.yaml"):
+                removed.append(service)
             continue  # not deployable, or removed by this release
         validate_service(service, f"{rel}/manifest.yaml")
 
@@ -219,7 +233,7 @@ def services_between(git: Git, repo: Path, base: str, merge: str) -> dict[str, M
             source=f"{rel}/manifest.yaml",
             exists=exists,
         )
-    return found
+    return found, removed
 
 
 def plan_resume(options: Options, start_phase: str, paths: Paths, found: State | None) -> Plan:

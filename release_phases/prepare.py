@@ -124,7 +124,7 @@ def pull(ctx: ReleaseContext) -> Pulled:
 
 def discover(ctx: ReleaseContext, base: str, merge: str) -> tuple[list[str], list[str]]:
     """SERVICES and ticket scripts of BASE...MERGE, checked against the collected plan."""
-    services = list(services_between(ctx.git, ctx.repo, base, merge))
+    services = list(services_between(ctx.git, ctx.repo, base, merge)[0])
     scripts = [s.name for s in find_ticket_scripts(ctx.repo, ctx.ticket)]
     if not services and not scripts:
         raise ReleaseError(

@@ -321,3 +321,14 @@ def test_two_releases_started_together_one_runs_the_other_is_refused(deploy, mak
             lost[0].output,
         ), lost[0]
         assert won[0].state.phase == "verify" and won[0].state.phase_status == "done"
+
+
+def test_a_service_the_release_removes_is_named_in_the_plan(deploy, make_service):
+    running_on_prod(deploy, make_service, ("api", "web"))
+    (deploy.dev / "packages/web/manifest.yaml").unlink()
+    deploy.write("packages/api/notes.txt", "changed\n")
+    deploy.merge_feature("feature/31", "ticket 31: web goes away")
+    run = engine.run(deploy.prod, "31", "--collect-only")
+    assert run.rc == 0, run
+    assert "services: api" in run.output, run
+    assert "removed by this release, left running (stop them by hand): web" in run.output

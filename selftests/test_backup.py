@@ -25,7 +25,7 @@ from release_phases.errors import ReleaseError
 from release_phases.host import compose as compose_cli
 from release_phases.host.compose import Compose, ComposeProject
 from release_phases.host.engine import Engine
-from release_phases.host.shell import render
+from release_phases.host.shell import CommandFailed, Runner, render
 from release_phases.manifest import Backup, Health, Image, Manifest, load
 from selftests.support.deployrepo import DeployRepo, Service
 from selftests.support.images import LABEL
@@ -353,6 +353,19 @@ def test_a_failed_write_leaves_no_archive_under_its_name(tmp_path: Path) -> None
     with pytest.raises(OSError, match="the stream broke"):
         atomic.write(tmp_path / "01-volume-x.tar", chunks())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_another_process_writes_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "01-dump-db.dump"
+    with atomic.replacing(target) as tmp:
+        Runner().run(["printf", "dumped"], stdout_to=tmp, timeout=30)
+        assert not target.exists(), "not under its name before the block ends"
+    assert target.read_bytes() == b"dumped"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+    with pytest.raises(CommandFailed), atomic.replacing(tmp_path / "02-dump-db.dump") as tmp:
+        Runner().run(["sh", "-c", "printf half; exit 3"], stdout_to=tmp, timeout=30)
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
 
 
 def test_an_unreadable_record_is_refused(tmp_path: Path) -> None:

@@ -159,4 +159,4 @@ def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord:
         project = project_of(
             ctx.host.compose, declared, ctx.options.stop_timeout, text=compose_text
         )
-    return backup.take(ctx.host.engine, declared, project, ctx.paths.backups)
+    return backup.take(ctx.host, declared, project, ctx.paths.backups)

@@ -166,7 +166,7 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     if restoring:
         assert stamp is not None  # checked above, before anything stopped
         try:
-            report = backup.restore(ctx.host.engine, manifest, project, ctx.paths.backups, stamp)
+            report = backup.restore(ctx.host, manifest, project, ctx.paths.backups, stamp)
         except ReleaseError as exc:
             exc.untouched = f"{service} is stopped at the reverted code; {exc.untouched}"
             exc.step = "restore"

@@ -22,9 +22,9 @@ import pytest
 from release_phases import atomic
 from release_phases.backup import BackupRecord, restore, take, verify
 from release_phases.errors import ReleaseError
+from release_phases.host import Host
 from release_phases.host import compose as compose_cli
 from release_phases.host.compose import Compose, ComposeProject
-from release_phases.host.engine import Engine
 from release_phases.host.shell import CommandFailed, Runner, render
 from release_phases.manifest import Backup, Health, Image, Manifest, load
 from selftests.support.deployrepo import DeployRepo, Service
@@ -95,8 +95,8 @@ def root(deploy: DeployRepo) -> Path:
 
 
 @pytest.fixture
-def engine() -> Engine:
-    return Engine()
+def host(deploy: DeployRepo) -> Host:
+    return Host(deploy.dev)
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def members(record: BackupRecord, kind: str) -> set[str]:
 
 @pytest.mark.docker
 def test_restore_puts_back_volume_and_path_byte_identical(
-    up, make_service, engine, root: Path
+    up, make_service, host, root: Path
 ) -> None:
     svc = make_service("web", volumes=("web-data",), paths=("/srv/data",))
     manifest, web = up(svc)
@@ -133,7 +133,7 @@ def test_restore_puts_back_volume_and_path_byte_identical(
     web.write("/srv/data/config", b"v1\n")
     web.write("/srv/data/sub/c", b"see\n")
 
-    record = take(engine, manifest, project(svc, manifest), root)
+    record = take(host, manifest, project(svc, manifest), root)
 
     assert re.fullmatch(r"\d{8}_\d{6}", record.stamp)
     assert record.directory == root / "web" / record.stamp
@@ -158,14 +158,14 @@ def test_restore_puts_back_volume_and_path_byte_identical(
     web.sh("rm /srv/data/sub/c")
 
     with pytest.raises(ReleaseError, match="running") as refused:
-        restore(engine, manifest, project(svc, manifest), root, record.stamp)
+        restore(host, manifest, project(svc, manifest), root, record.stamp)
     # The next command is the detected Compose's, for exactly this project.
     stop = render(project(svc, manifest).argv("stop"))
     assert refused.value.next_command == f"stop them first: {stop}"
     assert web.read("/data/web-data/a.txt") == b"changed\n"
 
     compose(svc, manifest, "stop")
-    report = restore(engine, manifest, project(svc, manifest), root, record.stamp)
+    report = restore(host, manifest, project(svc, manifest), root, record.stamp)
     compose(svc, manifest, "start")
 
     assert web.names("/data/web-data") == {"a.txt", "sub", ".hidden"}
@@ -182,7 +182,7 @@ def test_restore_puts_back_volume_and_path_byte_identical(
     verify(root, "web", report.undo_stamp)
     assert "new.txt" in members(report.replaced, "volume")
     compose(svc, manifest, "stop")
-    restore(engine, manifest, project(svc, manifest), root, report.undo_stamp)
+    restore(host, manifest, project(svc, manifest), root, report.undo_stamp)
     compose(svc, manifest, "start")
     assert web.read("/data/web-data/new.txt") == b"added after the backup\n"
     assert web.read("/srv/data/config") == b"v2\n"
@@ -191,17 +191,17 @@ def test_restore_puts_back_volume_and_path_byte_identical(
 
 @pytest.mark.docker
 def test_restore_recreates_a_volume_no_container_holds(
-    up, make_service, docker_client, engine, root: Path
+    up, make_service, docker_client, host, root: Path
 ) -> None:
     svc = make_service("store", volumes=("blobs",))
     manifest, store = up(svc)
     store.write("/data/blobs/one", BINARY)
-    record = take(engine, manifest, project(svc, manifest), root)
+    record = take(host, manifest, project(svc, manifest), root)
     store.write("/data/blobs/two", b"later\n")
     labels = docker_client.volumes.get(f"{svc.project}_blobs").attrs["Labels"]
 
     compose(svc, manifest, "down")  # containers go, the volume stays
-    report = restore(engine, manifest, project(svc, manifest), root, record.stamp)
+    report = restore(host, manifest, project(svc, manifest), root, record.stamp)
     assert "removed and recreated" in report.actions[0]
     assert docker_client.volumes.get(f"{svc.project}_blobs").attrs["Labels"] == labels
 
@@ -229,7 +229,9 @@ def test_nothing_declared_gets_an_empty_record(tmp_path: Path) -> None:
     compose_v2 = Compose(prefix=("docker", "compose"), version="2.40.3")
     quiet = ComposeProject(compose_v2, "proj", manifest.compose_file, manifest.containers)
 
-    record = take(NoDocker(), manifest, quiet, root)  # type: ignore[arg-type]
+    host = Host(tmp_path)
+    host.engine = NoDocker()  # type: ignore[assignment]
+    record = take(host, manifest, quiet, root)
 
     assert record.nothing_declared
     assert record.directory == root / "quiet" / record.stamp
@@ -243,13 +245,13 @@ def test_nothing_declared_gets_an_empty_record(tmp_path: Path) -> None:
 
 @pytest.mark.docker
 def test_a_corrupted_archive_fails_verify_naming_it(
-    deploy, make_service, engine, volumes, root: Path
+    deploy, make_service, host, volumes, root: Path
 ) -> None:
     svc = make_service("files", volumes=("data",))
     deploy.write_service(svc)
     manifest = load(deploy.dev, svc.name)
     volumes(f"{svc.project}_data")
-    record = take(engine, manifest, project(svc, manifest), root)
+    record = take(host, manifest, project(svc, manifest), root)
     (entry,) = record.entries
     assert entry.archive is not None
     archive = record.directory / entry.archive
@@ -261,7 +263,7 @@ def test_a_corrupted_archive_fails_verify_naming_it(
         verify(root, "files", record.stamp)
     assert "corrupted" in str(failed.value)
     with pytest.raises(ReleaseError, match=re.escape(entry.archive)):
-        restore(engine, manifest, project(svc, manifest), root, record.stamp)
+        restore(host, manifest, project(svc, manifest), root, record.stamp)
     assert not list(record.directory.glob("replaced-*")), "nothing is set aside or touched"
 
     (record.directory / "record.json").unlink()
@@ -271,13 +273,13 @@ def test_a_corrupted_archive_fails_verify_naming_it(
 
 @pytest.mark.docker
 def test_first_release_records_the_missing_volume_and_path_absent(
-    up, deploy, make_service, docker_client, engine, root: Path
+    up, deploy, make_service, docker_client, host, root: Path
 ) -> None:
     svc = make_service("fresh", volumes=("state",), paths=("/srv/data",))
     deploy.write_service(svc)
     manifest = load(deploy.dev, svc.name)
 
-    record = take(engine, manifest, project(svc, manifest), root)
+    record = take(host, manifest, project(svc, manifest), root)
 
     assert [(e.kind, e.target, e.absent, e.archive) for e in record.entries] == [
         ("volume", f"{svc.project}_state", True, None),
@@ -290,7 +292,7 @@ def test_first_release_records_the_missing_volume_and_path_absent(
     _, fresh = up(svc)
     fresh.write("/data/state/written-by-the-release", b"x\n")
     compose(svc, manifest, "stop")
-    report = restore(engine, manifest, project(svc, manifest), root, record.stamp)
+    report = restore(host, manifest, project(svc, manifest), root, record.stamp)
     compose(svc, manifest, "start")
     assert fresh.names("/data/state") == set()
     assert "absent in the backup; emptied in place" in report.actions[0]
@@ -298,20 +300,20 @@ def test_first_release_records_the_missing_volume_and_path_absent(
 
     # ...and, once no container holds it, removes it.
     compose(svc, manifest, "down")
-    restore(engine, manifest, project(svc, manifest), root, record.stamp)
+    restore(host, manifest, project(svc, manifest), root, record.stamp)
     with pytest.raises(docker.errors.NotFound):
         docker_client.volumes.get(f"{svc.project}_state")
 
 
 @pytest.mark.docker
 def test_a_missing_volume_of_a_deployed_service_fails_naming_both(
-    up, make_service, engine, root: Path
+    up, make_service, host, root: Path
 ) -> None:
     svc = make_service("api")
     manifest, _ = up(svc, extra_manifest={"backup": {"volumes": ["ghost"]}})
 
     with pytest.raises(ReleaseError, match="api: volume 'ghost' does not exist") as failed:
-        take(engine, manifest, project(svc, manifest), root)
+        take(host, manifest, project(svc, manifest), root)
     assert f"docker volume create --label=com.docker.compose.project={svc.project}" in str(
         failed.value
     )
@@ -320,7 +322,7 @@ def test_a_missing_volume_of_a_deployed_service_fails_naming_both(
 
 @pytest.mark.docker
 def test_the_project_volume_is_preferred_over_the_bare_key(
-    deploy, make_service, engine, volumes, root: Path
+    deploy, make_service, host, volumes, root: Path
 ) -> None:
     svc = make_service("db")
     key = f"{svc.project}-shared"
@@ -328,21 +330,21 @@ def test_the_project_volume_is_preferred_over_the_bare_key(
     manifest = load(deploy.dev, svc.name)
 
     volumes(key)
-    external = take(engine, manifest, project(svc, manifest), root, stamp="20240101_000000")
+    external = take(host, manifest, project(svc, manifest), root, stamp="20240101_000000")
     volumes(f"{svc.project}_{key}")
-    prefixed = take(engine, manifest, project(svc, manifest), root, stamp="20240101_000001")
+    prefixed = take(host, manifest, project(svc, manifest), root, stamp="20240101_000001")
 
     assert external.entries[0].target == key
     assert prefixed.entries[0].target == f"{svc.project}_{key}"
 
 
 @pytest.mark.docker
-def test_a_path_holding_a_mount_is_refused(up, make_service, engine, root: Path) -> None:
+def test_a_path_holding_a_mount_is_refused(up, make_service, host, root: Path) -> None:
     svc = make_service("mixed", volumes=("inner",), paths=("/data",))
     manifest, _ = up(svc)
 
     with pytest.raises(ReleaseError, match="mount point /data/inner"):
-        take(engine, manifest, project(svc, manifest), root)
+        take(host, manifest, project(svc, manifest), root)
 
 
 def test_a_failed_write_leaves_no_archive_under_its_name(tmp_path: Path) -> None:

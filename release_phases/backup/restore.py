@@ -25,22 +25,23 @@ from release_phases.backup.record import (
 )
 from release_phases.backup.take import Source, write_backup
 from release_phases.errors import ReleaseError
+from release_phases.host import Host
 from release_phases.host.compose import ComposeProject
-from release_phases.host.engine import HELPER_LABEL, Engine
+from release_phases.host.engine import HELPER_LABEL
 from release_phases.manifest import Manifest
 
 STOPPED_STATES = frozenset({"created", "exited", "dead"})
 
 
 def restore(
-    engine: Engine,
+    host: Host,
     manifest: Manifest,
     project: ComposeProject,
     root: Path,
     stamp: str,
 ) -> RestoreReport:
     """Put a verified backup back, after archiving what stood there; verify the result."""
-    deployed = Deployed(engine, manifest, project)
+    deployed = Deployed(host, manifest, project)
     record = verify(root, manifest.service, stamp)
     first = deployed.first_container()
     _preflight(deployed, record, first)

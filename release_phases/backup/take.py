@@ -6,6 +6,8 @@ import json
 import posixpath
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +26,9 @@ from release_phases.backup.record import (
     VolumeConfig,
 )
 from release_phases.errors import ReleaseError
+from release_phases.host import Host
 from release_phases.host.compose import ComposeProject
-from release_phases.host.engine import Engine, project_volume, volume_create_argv
+from release_phases.host.engine import project_volume, volume_create_argv
 from release_phases.host.shell import render
 from release_phases.manifest import Manifest
 
@@ -43,14 +46,14 @@ class Source:
 
 
 def take(
-    engine: Engine,
+    host: Host,
     manifest: Manifest,
     project: ComposeProject,
     root: Path,
     stamp: str | None = None,
 ) -> BackupRecord:
     """Archive the service's declared volumes and paths under ``root/<service>/<stamp>``."""
-    deployed = Deployed(engine, manifest, project)
+    deployed = Deployed(host, manifest, project)
     stamp = stamp or clock.stamp()
     if not STAMP.fullmatch(stamp):
         raise ReleaseError(
@@ -110,47 +113,85 @@ def _clean_path(deployed: Deployed, declared: str) -> str:
     return path
 
 
+class Writer:
+    """One backup directory being filled: archives, then SHA256SUMS, record.json last.
+
+    A directory with a record is a complete backup; until `finish` wrote it, a
+    failure inside `guard` removes the directory, so half a backup never looks like
+    one. Archives are named by their number, the entry's place in the record, so
+    entries may be added in another order than the record lists them.
+    """
+
+    def __init__(self, deployed: Deployed, directory: Path, stamp: str, *, note: str) -> None:
+        if directory.exists():
+            raise ReleaseError(
+                f"backup directory {directory} already exists",
+                untouched=f"{directory} and the service: nothing was written",
+                next_command="wait a second and rerun (stamps have one-second resolution)",
+            )
+        directory.mkdir(parents=True)
+        self.deployed = deployed
+        self.directory = directory
+        self.stamp = stamp
+        self.note = note
+        self.entries: dict[int, Entry] = {}
+        self.record: BackupRecord | None = None
+
+    def add(self, number: int, source: Source) -> Entry:
+        name = f"{number:02d}-{source.kind}-{_slug(source.name)}.tar"
+        entry = _archive(self.deployed, source, self.directory, name)
+        self.entries[number] = entry
+        return entry
+
+    def finish(self) -> BackupRecord:
+        record = BackupRecord(
+            service=self.deployed.service,
+            stamp=self.stamp,
+            directory=self.directory,
+            entries=tuple(self.entries[n] for n in sorted(self.entries)),
+            project=self.deployed.project.name,
+            taken_at=clock.iso(),
+            note=self.note,
+        )
+        sums = "".join(f"{e.sha256}  {e.archive}\n" for e in record.archives)
+        atomic.write(self.directory / SUMS_NAME, [sums.encode()])
+        # Last: a directory with a record is a complete backup.
+        text = json.dumps(record.to_json(), indent=2) + "\n"
+        atomic.write(self.directory / RECORD_NAME, [text.encode()])
+        self.record = record
+        return record
+
+    def discard(self) -> None:
+        """Remove the directory unless it became a complete backup."""
+        if self.record is None:
+            # Only what this writer created goes: a half backup must not look like one.
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Discard the directory on any failure; name it in a Docker API error."""
+        try:
+            yield
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, docker.errors.APIError):
+                raise ReleaseError(
+                    f"backup of {self.deployed.service} into {self.directory} failed: {exc}",
+                    untouched=f"the service and its data; nothing was kept in {self.directory}",
+                    next_command=f"fix the cause, then rerun; {self.deployed.compose('ps')}",
+                ) from None
+            raise
+
+
 def write_backup(
     deployed: Deployed, sources: list[Source], directory: Path, stamp: str, *, note: str
 ) -> BackupRecord:
     """Archive ``sources`` into ``directory``; a directory with a record is complete."""
-    if directory.exists():
-        raise ReleaseError(
-            f"backup directory {directory} already exists",
-            untouched=f"{directory} and the service: nothing was written",
-            next_command="wait a second and rerun (stamps have one-second resolution)",
-        )
-    directory.mkdir(parents=True)
-    try:
-        entries = tuple(
-            _archive(deployed, source, directory, f"{i:02d}-{source.kind}-{_slug(source.name)}.tar")
-            for i, source in enumerate(sources, start=1)
-        )
-        record = BackupRecord(
-            service=deployed.service,
-            stamp=stamp,
-            directory=directory,
-            entries=entries,
-            project=deployed.project.name,
-            taken_at=clock.iso(),
-            note=note,
-        )
-        sums = "".join(f"{e.sha256}  {e.archive}\n" for e in record.archives)
-        atomic.write(directory / SUMS_NAME, [sums.encode()])
-        # Last: a directory with a record is a complete backup.
-        text = json.dumps(record.to_json(), indent=2) + "\n"
-        atomic.write(directory / RECORD_NAME, [text.encode()])
-    except BaseException as exc:
-        # Only what this call created goes: a half backup must not look like one.
-        shutil.rmtree(directory, ignore_errors=True)
-        if isinstance(exc, docker.errors.APIError):
-            raise ReleaseError(
-                f"backup of {deployed.service} into {directory} failed: {exc}",
-                untouched=f"the service and its data; nothing was kept in {directory}",
-                next_command=f"fix the cause, then rerun; {deployed.compose('ps')}",
-            ) from None
-        raise
-    return record
+    writer = Writer(deployed, directory, stamp, note=note)
+    with writer.guard():
+        for number, source in enumerate(sources, start=1):
+            writer.add(number, source)
+        return writer.finish()
 
 
 def _archive(deployed: Deployed, source: Source, directory: Path, archive: str) -> Entry:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from release_phases import backup, hostchecks, manifest
+from release_phases import backup, hostchecks
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
-from release_phases.host.compose import project_of
 from release_phases.plan import services_between
 from release_phases.scripts import find_ticket_scripts
 
@@ -133,30 +132,22 @@ def discover(ctx: ReleaseContext, base: str, merge: str) -> tuple[list[str], lis
 
 
 def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord:
-    """Back up what the service declared before this release (its manifest at BASE_SHA).
-
-    The data on disk was made by the running version, so its declarations say what
-    to save; a release that adds a volume must not fail for the volume not existing
-    yet. A service new in this release has nothing running: its manifest at
-    MERGE_SHA records its volumes and paths as absent.
-    """
-    base = ctx.state.base_sha
-    rel = f"packages/{service}"
-    text = ctx.git.show(base, f"{rel}/manifest.yaml")
-    if text is None:
-        declared = ctx.manifest(service)
-        project = ctx.project(declared)
-    else:
-        declared = manifest.parse(
-            text,
-            service=service,
-            package_dir=ctx.repo / rel,
-            source=f"{rel}/manifest.yaml at BASE_SHA {base[:12]}",
-            exists=lambda name: ctx.git.exists(base, f"{rel}/{name}"),
+    """Back up what the service declared before this release (see `declared_before`)."""
+    declared, project = ctx.declared_before(service)
+    try:
+        return backup.take(
+            ctx.host,
+            declared,
+            project,
+            ctx.paths.backups,
+            dump_timeout=ctx.options.compose_timeout,
         )
-        compose_rel = f"{rel}/{declared.compose_file.name}"
-        compose_text = ctx.git.show(base, compose_rel) or ""
-        project = project_of(
-            ctx.host.compose, declared, ctx.options.stop_timeout, text=compose_text
+    except ReleaseError as exc:
+        # The pull is done: a plain rerun would find nothing to release.
+        st = ctx.state
+        exc.untouched = f"{exc.untouched}; the code alone was pulled, to {st.merge_sha[:12]}"
+        exc.next_command = (
+            f"{exc.next_command}; the release goes on with:"
+            f" {ctx.options.command(f'--base-sha {st.base_sha}')}"
         )
-    return backup.take(ctx.host, declared, project, ctx.paths.backups)
+        raise

@@ -8,6 +8,7 @@ what was written. Every compose project started here is taken down with -v.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import subprocess
@@ -26,7 +27,7 @@ from release_phases.host import Host
 from release_phases.host import compose as compose_cli
 from release_phases.host.compose import Compose, ComposeProject
 from release_phases.host.shell import CommandFailed, Runner, render
-from release_phases.manifest import Backup, Health, Image, Manifest, load
+from release_phases.manifest import Backup, Dump, Health, Image, Manifest, load
 from selftests.support.deployrepo import DeployRepo, Service
 from selftests.support.images import LABEL
 from selftests.support.scenario import container
@@ -379,3 +380,134 @@ def test_an_unreadable_record_is_refused(tmp_path: Path) -> None:
         verify(tmp_path, "web", "20240101_000000")
     with pytest.raises(ReleaseError, match="not YYYYmmdd_HHMMSS"):
         verify(tmp_path, "web", "../etc")
+
+
+# -- dumps ----------------------------------------------------------------------------------
+
+DUMP = {
+    "command": ["tar", "-c", "-C", "/data/db", "."],
+    "restore": ["sh", "-c", "rm -rf /data/db/* && tar -x -C /data/db"],
+}
+
+
+@pytest.mark.docker
+def test_a_dump_streams_into_the_backup_with_its_checksum(
+    up, make_service, host, root: Path
+) -> None:
+    svc = make_service("db", volumes=("db",), backup={"dump": DUMP})
+    manifest, db = up(svc)
+    db.write("/data/db/table", BINARY)
+
+    record = take(host, manifest, project(svc, manifest), root)
+
+    (entry,) = record.entries
+    assert (entry.kind, entry.target, entry.absent) == ("dump", "db", False)
+    assert entry.container == db.container.name
+    assert entry.archive == "01-dump-db.dump"
+    with tarfile.open(record.directory / entry.archive) as tar:
+        table = tar.extractfile("./table")
+        assert table is not None and table.read() == BINARY
+    checked = subprocess.run(
+        ["sha256sum", "-c", "SHA256SUMS"], cwd=record.directory, capture_output=True, text=True
+    )
+    assert checked.stdout == "01-dump-db.dump: OK\n", checked.stdout + checked.stderr
+    (on_disk,) = json.loads((record.directory / "record.json").read_text())["entries"]
+    assert on_disk["kind"] == "dump" and on_disk["sha256"] == entry.sha256
+    assert on_disk["dump"] == DUMP
+    assert verify(root, "db", record.stamp) == record
+    assert "dump `tar -c -C /data/db .` in db" in record.describe()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    ("command", "timeout", "said"),
+    [
+        (["sh", "-c", "echo relation missing >&2; exit 3"], 60, "exited 3; it said:\nrelation"),
+        (["sh", "-c", "true"], 60, "exited 0 but wrote nothing"),
+        (["sh", "-c", "printf partial; sleep 30"], 2, "timed out after 2s"),
+    ],
+    ids=["exits-non-zero", "writes-nothing", "times-out"],
+)
+def test_a_failed_dump_leaves_no_backup_and_names_its_command(
+    up, make_service, host, root: Path, command, timeout, said
+) -> None:
+    svc = make_service("db", volumes=("db",), backup={"dump": {**DUMP, "command": command}})
+    manifest, _ = up(svc)
+
+    with pytest.raises(ReleaseError) as failed:
+        take(host, manifest, project(svc, manifest), root, dump_timeout=timeout)
+
+    message = str(failed.value)
+    assert said in message
+    assert render(project(svc, manifest).exec("db", command)) in message
+    assert "no backup was kept" in message
+    assert not (root / "db").exists() or not any((root / "db").iterdir())
+
+
+@pytest.mark.docker
+def test_a_dump_of_a_stopped_service_is_refused_before_anything_is_written(
+    up, make_service, host, root: Path
+) -> None:
+    svc = make_service("db", volumes=("db",), backup={"dump": DUMP})
+    manifest, _ = up(svc)
+    compose(svc, manifest, "stop")
+
+    with pytest.raises(ReleaseError, match="is exited") as failed:
+        take(host, manifest, project(svc, manifest), root)
+    assert failed.value.next_command.startswith(
+        f"start it: {render(project(svc, manifest).argv('start', 'db'))}"
+    )
+    assert not (root / "db").exists()
+
+
+def _record_with(directory: Path, entry: dict, archives: dict[str, bytes]) -> None:
+    directory.mkdir(parents=True)
+    sums = ""
+    for name, data in archives.items():
+        (directory / name).write_bytes(data)
+        sums += f"{hashlib.sha256(data).hexdigest()}  {name}\n"
+    (directory / "SHA256SUMS").write_text(sums)
+    record = {"format": 1, "service": "db", "stamp": directory.name, "entries": [entry]}
+    (directory / "record.json").write_text(json.dumps(record))
+
+
+def test_a_dump_entry_is_read_back_and_verify_checks_its_file(tmp_path: Path) -> None:
+    data = b"-- a dump\n" * 100
+    entry = {
+        "kind": "dump",
+        "name": "tar -c -C /data/db .",
+        "target": "db",
+        "absent": False,
+        "archive": "01-dump-db.dump",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "container": "proj-db-1",
+        "dump": DUMP,
+    }
+    directory = tmp_path / "db" / "20240101_000000"
+    _record_with(directory, entry, {"01-dump-db.dump": data})
+
+    (read,) = verify(tmp_path, "db", "20240101_000000").entries
+    assert read.dump == Dump(tuple(DUMP["command"]), tuple(DUMP["restore"]))
+    assert read.label == "dump `tar -c -C /data/db .` in db"
+
+    (directory / "01-dump-db.dump").write_bytes(data[:-1] + b"!")
+    with pytest.raises(ReleaseError, match=r"archive 01-dump-db\.dump is corrupted"):
+        verify(tmp_path, "db", "20240101_000000")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"dump": None}, "has its dump commands"),
+        ({"kind": "volume"}, "has its dump commands"),
+        ({"dump": {**DUMP, "restore": []}}, "dump restore [] is not an argv list"),
+        ({"dump": {"command": "tar -c ."}}, "is not an argv list"),
+        ({"kind": "snapshot"}, "not one of volume, path, dump"),
+    ],
+)
+def test_a_malformed_dump_entry_is_refused(tmp_path: Path, change: dict, problem: str) -> None:
+    entry = {"kind": "dump", "name": "tar", "target": "db", "absent": True, "dump": DUMP}
+    _record_with(tmp_path / "db" / "20240101_000000", {**entry, **change}, {})
+    with pytest.raises(ReleaseError, match="unreadable") as failed:
+        verify(tmp_path, "db", "20240101_000000")
+    assert problem in str(failed.value)

@@ -21,7 +21,7 @@ import docker.errors
 import pytest
 
 from release_phases import atomic
-from release_phases.backup import BackupRecord, restore, take, verify
+from release_phases.backup import BackupRecord, Restore, take, verify
 from release_phases.errors import ReleaseError
 from release_phases.host import Host
 from release_phases.host import compose as compose_cli
@@ -159,14 +159,14 @@ def test_restore_puts_back_volume_and_path_byte_identical(
     web.sh("rm /srv/data/sub/c")
 
     with pytest.raises(ReleaseError, match="running") as refused:
-        restore(host, manifest, project(svc, manifest), root, record.stamp)
+        Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
     # The next command is the detected Compose's, for exactly this project.
     stop = render(project(svc, manifest).argv("stop"))
     assert refused.value.next_command == f"stop them first: {stop}"
     assert web.read("/data/web-data/a.txt") == b"changed\n"
 
     compose(svc, manifest, "stop")
-    report = restore(host, manifest, project(svc, manifest), root, record.stamp)
+    report = Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
     compose(svc, manifest, "start")
 
     assert web.names("/data/web-data") == {"a.txt", "sub", ".hidden"}
@@ -183,7 +183,7 @@ def test_restore_puts_back_volume_and_path_byte_identical(
     verify(root, "web", report.undo_stamp)
     assert "new.txt" in members(report.replaced, "volume")
     compose(svc, manifest, "stop")
-    restore(host, manifest, project(svc, manifest), root, report.undo_stamp)
+    Restore(host, manifest, project(svc, manifest), root, report.undo_stamp).files()
     compose(svc, manifest, "start")
     assert web.read("/data/web-data/new.txt") == b"added after the backup\n"
     assert web.read("/srv/data/config") == b"v2\n"
@@ -202,7 +202,7 @@ def test_restore_recreates_a_volume_no_container_holds(
     labels = docker_client.volumes.get(f"{svc.project}_blobs").attrs["Labels"]
 
     compose(svc, manifest, "down")  # containers go, the volume stays
-    report = restore(host, manifest, project(svc, manifest), root, record.stamp)
+    report = Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
     assert "removed and recreated" in report.actions[0]
     assert docker_client.volumes.get(f"{svc.project}_blobs").attrs["Labels"] == labels
 
@@ -264,7 +264,7 @@ def test_a_corrupted_archive_fails_verify_naming_it(
         verify(root, "files", record.stamp)
     assert "corrupted" in str(failed.value)
     with pytest.raises(ReleaseError, match=re.escape(entry.archive)):
-        restore(host, manifest, project(svc, manifest), root, record.stamp)
+        Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
     assert not list(record.directory.glob("replaced-*")), "nothing is set aside or touched"
 
     (record.directory / "record.json").unlink()
@@ -293,7 +293,7 @@ def test_first_release_records_the_missing_volume_and_path_absent(
     _, fresh = up(svc)
     fresh.write("/data/state/written-by-the-release", b"x\n")
     compose(svc, manifest, "stop")
-    report = restore(host, manifest, project(svc, manifest), root, record.stamp)
+    report = Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
     compose(svc, manifest, "start")
     assert fresh.names("/data/state") == set()
     assert "absent in the backup; emptied in place" in report.actions[0]
@@ -301,7 +301,7 @@ def test_first_release_records_the_missing_volume_and_path_absent(
 
     # ...and, once no container holds it, removes it.
     compose(svc, manifest, "down")
-    restore(host, manifest, project(svc, manifest), root, record.stamp)
+    Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
     with pytest.raises(docker.errors.NotFound):
         docker_client.volumes.get(f"{svc.project}_state")
 

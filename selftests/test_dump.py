@@ -8,9 +8,13 @@ stdout, and its restore empties the volume and untars stdin into it.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
+import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from selftests.support import engine
 from selftests.support.scenario import container, v1_running_v2_merged
@@ -89,3 +93,141 @@ def test_a_failing_dump_fails_prepare_before_anything_is_touched(
     assert again.rc == 0, again
     stamp = again.state.backups["db"]
     assert (_backups(deploy, "db") / stamp / "01-dump-db.dump").read_bytes() == b"exported\n"
+
+
+# -- a dump taken in prepare, fed back by the revert -------------------------------------
+
+TICKET_CHANGES_DATA = (
+    "docker compose -f packages/db/compose.yaml exec -T db"
+    f" sh -c 'echo migrated > {DATA}/table && echo new > {DATA}/added && rm {DATA}/gone'\n"
+)
+
+
+def _dumped_release(deploy, make_service, docker_client, restore=DUMP["restore"]):
+    """db (its data in a volume, backed up as a dump) released to tag 2; the ticket
+    script changes the data: one file rewritten, one added, one removed."""
+    services = v1_running_v2_merged(
+        deploy,
+        make_service,
+        ("db",),
+        volumes=("db-data",),
+        backup={"dump": {**DUMP, "restore": restore}},
+        files={"releases/1234-migrate-data.sh": TICKET_CHANGES_DATA},
+    )
+    db = services["db"]
+    _write(docker_client, db, f"{DATA}/table", BINARY)
+    _write(docker_client, db, f"{DATA}/gone", b"removed by the ticket\n")
+    before = _files(docker_client, db)
+    run = engine.run(deploy.prod, "1234")
+    assert run.rc == 0, run
+    assert _files(docker_client, db) != before, "the ticket changed the data"
+    return db, run, before
+
+
+def _titles(report: Path) -> list[str]:
+    """The step details' titles, in the order the report shows them."""
+    return re.findall(r"h4(?:>|&gt;)(.*?)(?:<|&lt;)/h4", report.read_text())
+
+
+def test_a_dump_is_taken_in_prepare_and_fed_back_by_the_revert(
+    deploy, make_service, docker_client
+):
+    db, release, before = _dumped_release(deploy, make_service, docker_client)
+    directory = _backups(deploy, "db") / release.state.backups["db"]
+    (entry,) = json.loads((directory / "record.json").read_text())["entries"]
+    assert (entry["kind"], entry["archive"], entry["dump"]) == ("dump", "01-dump-db.dump", DUMP)
+    dumped = (directory / "01-dump-db.dump").read_bytes()
+    assert hashlib.sha256(dumped).hexdigest() == entry["sha256"]
+    assert (directory / "SHA256SUMS").read_text() == f"{entry['sha256']}  01-dump-db.dump\n"
+
+    run = engine.run(deploy.prod, "1234", mode="revert")
+
+    assert run.rc == 0, run
+    assert _files(docker_client, db) == before, "the data is back, byte for byte"
+    assert _sh(docker_client, db, f"cat {DATA}/table") == BINARY
+    running = container(docker_client, db)
+    assert running.image.id == docker_client.images.get(f"{db.repository}:1").id
+    # What the revert replaced was dumped first, into a backup of its own.
+    (aside,) = directory.glob("replaced-*")
+    (kept,) = json.loads((aside / "record.json").read_text())["entries"]
+    assert kept["kind"] == "dump" and not kept["absent"]
+    with tarfile.open(aside / kept["archive"]) as tar:
+        added = tar.extractfile("./added")
+        assert added is not None and added.read() == b"new\n"
+    (report,) = deploy.prod.glob("reports/1234-revert-*.html")
+    titles = _titles(report)
+    order = [
+        "set aside before stopping (so the revert can be undone)",
+        "compose stop",
+        "compose up --no-start",
+        "restore",
+        "compose start",
+        "health probes",
+        "restore dump",
+        "health probes",
+    ]
+    assert [t for t in titles if t in order][: len(order)] == order, titles
+
+
+def test_a_failing_restore_fails_the_step_and_a_fixed_manifest_finishes_the_revert(
+    deploy, make_service, docker_client
+):
+    broken = ["sh", "-c", "echo 'restore: disk full' >&2; exit 7"]
+    db, _, before = _dumped_release(deploy, make_service, docker_client, restore=broken)
+    changed = _files(docker_client, db)
+
+    run = engine.run(deploy.prod, "1234", mode="revert")
+
+    assert run.rc == 1, run
+    failed = run.event("revert", "failed")
+    assert (failed["service"], failed["step"], failed["rc"]) == ("db", "restore-dump", "7")
+    assert "exited 7:\nrestore: disk full" in run.output, run
+    assert "backup.dump.restore in packages/db/manifest.yaml" in run.output
+    assert "then rerun the revert, which restores db again" in run.output
+    assert "pytest -m revert --ticket 1234" in run.output
+    # It runs the old code, healthy; its data is as the release left it, and kept aside.
+    running = container(docker_client, db)
+    assert running.image.id == docker_client.images.get(f"{db.repository}:1").id
+    assert _files(docker_client, db) == changed
+    assert re.search(r"Left untouched: db runs the reverted code.*replaced-\d{8}_\d{6}", run.output)
+
+    # The restore fixed in the manifest (a commit on prod), the same command finishes it.
+    manifest_path = deploy.prod / "packages/db/manifest.yaml"
+    manifest = yaml.safe_load(manifest_path.read_text())
+    manifest["backup"]["dump"]["restore"] = DUMP["restore"]
+    manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    deploy.prod_repo.git.commit("-am", "db: a restore that works")
+    again = engine.run(deploy.prod, "1234", mode="revert")
+    assert again.rc == 0, again
+    assert _files(docker_client, db) == before
+
+
+def test_a_revert_of_a_service_that_no_longer_runs_restores_the_dump_and_says_none_was_set_aside(
+    deploy, make_service, docker_client
+):
+    services = v1_running_v2_merged(
+        deploy,
+        make_service,
+        ("db",),
+        v2_health={"db": "crash"},
+        volumes=("db-data",),
+        backup={"dump": DUMP},
+        timeout=3,
+    )
+    db = services["db"]
+    _write(docker_client, db, f"{DATA}/table", BINARY)
+    before = _files(docker_client, db)
+    failed = engine.run(deploy.prod, "1234")
+    assert failed.event("migrate", "failed")["service"] == "db", failed
+    assert container(docker_client, db).status == "exited"
+
+    run = engine.run(deploy.prod, "1234", mode="revert")
+
+    assert run.rc == 0, run
+    assert _files(docker_client, db) == before
+    directory = _backups(deploy, "db") / failed.state.backups["db"]
+    (aside,) = directory.glob("replaced-*")
+    (kept,) = json.loads((aside / "record.json").read_text())["entries"]
+    assert kept["kind"] == "dump" and kept["absent"]
+    (report,) = deploy.prod.glob("reports/1234-revert-*.html")
+    assert "db was not running, so nothing could be dumped" in report.read_text()

@@ -77,7 +77,7 @@ Limitations, stated plainly:
 """
 
 from release_phases.backup.record import BackupRecord, Entry, RestoreReport, verify
-from release_phases.backup.restore import restore
+from release_phases.backup.restore import Restore
 from release_phases.backup.take import take
 
-__all__ = ["BackupRecord", "Entry", "RestoreReport", "restore", "take", "verify"]
+__all__ = ["BackupRecord", "Entry", "Restore", "RestoreReport", "take", "verify"]

@@ -76,7 +76,7 @@ class Entry:
     container: str = ""  # path and dump entries: the container it was read from
     volume: VolumeConfig | None = None
     #: A dump's command and the restore that reads it back, as they were when it was
-    #: taken: the dump's format is the command's, so its own restore goes with it.
+    #: taken; a revert uses them when the manifest it restores with declares no dump.
     dump: Dump | None = None
 
     @property

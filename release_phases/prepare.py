@@ -131,9 +131,15 @@ def discover(ctx: ReleaseContext, base: str, merge: str) -> tuple[list[str], lis
     return services, scripts
 
 
-def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord:
-    """Back up what the service declared before this release (see `declared_before`)."""
+def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord | None:
+    """Back up what the service declared before this release (see `declared_before`).
+
+    None when that declaration says ``backup.when: stopped``: migrate takes the
+    backup, between stopping the old containers and starting the new ones.
+    """
     declared, project = ctx.declared_before(service)
+    if declared.backup.when_stopped:
+        return None
     try:
         return backup.take(
             ctx.host,

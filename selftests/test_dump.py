@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -231,3 +232,158 @@ def test_a_revert_of_a_service_that_no_longer_runs_restores_the_dump_and_says_no
     assert kept["kind"] == "dump" and kept["absent"]
     (report,) = deploy.prod.glob("reports/1234-revert-*.html")
     assert "db was not running, so nothing could be dumped" in report.read_text()
+
+
+# -- backup.when: stopped ----------------------------------------------------------------
+
+STOPPED = {"volumes": ["db-data"], "when": "stopped"}
+
+
+def _stopped_service(deploy, make_service, docker_client, backup=STOPPED, **kw):
+    """db at tag 1 with data in its volume, backed up while stopped; tag 2 merged."""
+    services = v1_running_v2_merged(
+        deploy, make_service, ("db",), volumes=("db-data",), backup=backup, **kw
+    )
+    db = services["db"]
+    _write(docker_client, db, f"{DATA}/table", BINARY)
+    _write(docker_client, db, f"{DATA}/gone", b"removed by the ticket\n")
+    return db, _files(docker_client, db)
+
+
+def _step_line(run, phase: str, service: str) -> dict[str, str]:
+    (line,) = [
+        e
+        for e in run.events
+        if e["phase"] == phase and e["event"] == "step" and e.get("service") == service
+    ]
+    return line
+
+
+def test_when_stopped_archives_in_migrate_and_the_revert_restores_it(
+    deploy, make_service, docker_client
+):
+    db, before = _stopped_service(
+        deploy,
+        make_service,
+        docker_client,
+        files={"releases/1234-migrate-data.sh": TICKET_CHANGES_DATA},
+    )
+
+    run = engine.run(deploy.prod, "1234")
+
+    assert run.rc == 0, run
+    assert _step_line(run, "prepare", service="db")["backup"] == "in-migrate"
+    migrated = _step_line(run, "migrate", service="db")
+    stamp = run.state.backups["db"]
+    assert migrated["stamp"] == stamp
+    assert re.fullmatch(r"\d+\.\d", migrated["backup_seconds"]), migrated
+    record = json.loads((_backups(deploy, "db") / stamp / "record.json").read_text())
+    assert [e["kind"] for e in record["entries"]] == ["volume"]
+    assert record["note"] == "taken in migrate, with the old containers stopped"
+    assert record["taken_at"] >= run.state.timestamps["MIGRATE_START"]
+    (report,) = deploy.prod.glob("reports/1234-release-*.html")
+    titles = _titles(report)
+    order = ["compose stop (for the backup)", "backup (taken stopped)", "compose up"]
+    assert [t for t in titles if t in order] == order, titles
+    assert "db: taken in migrate (backup.when: stopped)" in report.read_text()
+    assert _files(docker_client, db) != before, "the ticket changed the data"
+
+    reverted = engine.run(deploy.prod, "1234", mode="revert")
+
+    assert reverted.rc == 0, reverted
+    assert _files(docker_client, db) == before
+
+
+def test_when_stopped_a_failed_backup_starts_the_old_containers_again(
+    deploy, make_service, docker_client
+):
+    db, _ = _stopped_service(
+        deploy, make_service, docker_client, backup={**STOPPED, "volumes": ["ghost"]}
+    )
+    old = container(docker_client, db).id
+
+    run = engine.run(deploy.prod, "1234")
+
+    assert run.rc == 1, run
+    failed = run.event("migrate", "failed")
+    assert (failed["service"], failed["step"]) == ("db", "backup")
+    assert "volume 'ghost' does not exist" in run.output, run
+    assert "db: its old containers were started again, nothing was recreated" in run.output
+    running = container(docker_client, db)
+    assert (running.id, running.status) == (old, "running")
+    assert running.image.id == docker_client.images.get(f"{db.repository}:1").id
+    assert run.state.backups == {}
+
+    # The next command, followed: create the volume it names, then resume migrate.
+    create = [
+        "docker",
+        "volume",
+        "create",
+        f"--label=com.docker.compose.project={db.project}",
+        "--label=com.docker.compose.volume=ghost",
+        f"{db.project}_ghost",
+    ]
+    assert f"create it first: {' '.join(create)}" in run.output, run
+    subprocess.run(create, check=True, capture_output=True)
+    resume = "pytest -m release --ticket 1234 --from=migrate"
+    assert resume in run.output
+    again = engine.run(deploy.prod, "1234", "--from=migrate")
+    assert again.rc == 0, again
+    assert "db" in again.state.backups
+    assert _step_line(again, "migrate", service="db")["stamp"] == again.state.backups["db"]
+
+
+def test_a_revert_of_a_release_that_stopped_before_the_backup_says_there_is_none(
+    deploy, make_service, docker_client
+):
+    db, before = _stopped_service(
+        deploy,
+        make_service,
+        docker_client,
+        files={"packages/db/pre_start_init.sh": "echo 'schema check failed' >&2\nexit 3\n"},
+    )
+    failed = engine.run(deploy.prod, "1234")
+    assert failed.event("migrate", "failed")["step"] == "pre_start_init", failed
+    old = container(docker_client, db).id
+
+    run = engine.run(deploy.prod, "1234", mode="revert")
+
+    assert run.rc == 1, run
+    assert (
+        "db has no backup in BACKUPS of "
+        f"{deploy.prod}/.asd/workspace/releases/1234.env: it is taken in migrate"
+        " (backup.when: stopped), and the release stopped before taking it"
+    ) in run.output, run
+    assert "Left untouched: db: its containers and data, nothing was stopped" in run.output
+    assert "pytest -m revert --ticket 1234 --skip-data" in run.output
+    running = container(docker_client, db)
+    assert (running.id, running.status) == (old, "running")
+    assert _files(docker_client, db) == before
+
+
+def test_a_resumed_migrate_keeps_the_backup_it_took_before_the_new_version_ran(
+    deploy, make_service, docker_client, images
+):
+    db, before = _stopped_service(
+        deploy,
+        make_service,
+        docker_client,
+        v2_health={"db": "error"},
+        v2_tag={"db": "2-fixable-stopped"},  # this test alone rebuilds it
+        timeout=3,
+    )
+    first = engine.run(deploy.prod, "1234")
+    assert first.event("migrate", "failed")["step"] == "health", first
+    taken = first.state.backups["db"]
+    # The new version wrote to the data before it was found unhealthy.
+    _write(docker_client, db, f"{DATA}/table", b"written by the new version\n")
+    images.get("db", db.tag, "ok", rebuild=True)
+
+    run = engine.run(deploy.prod, "1234", "--from=migrate")
+
+    assert run.rc == 0, run
+    assert run.state.backups == {"db": taken}, "the backup is not taken again"
+    line = _step_line(run, "migrate", service="db")
+    assert line["stamp"] == taken and "backup_seconds" not in line
+    assert engine.run(deploy.prod, "1234", mode="revert").rc == 0
+    assert _files(docker_client, db) == before

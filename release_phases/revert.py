@@ -8,6 +8,9 @@ no commit yet is dropped and applied again.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from release_phases import backup, hostchecks, probing
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
@@ -144,7 +147,7 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     try:
         _recreate_stopped(ctx, project, step)
         if restoring is not None:
-            _restore_files(ctx, service, restoring, step)
+            _restore_files(service, restoring, step)
         else:
             step.detail("data", "--skip-data: the backup was not restored")
     except BaseException:
@@ -198,17 +201,28 @@ def _checked_backup(ctx: ReleaseContext, service: str, manifest: Manifest) -> ba
         raise
 
 
+@contextmanager
+def _worded(step: str, *, untouched: str = "", before: str = "", then: str = "") -> Iterator[None]:
+    """A ReleaseError from the block, worded as this revert step's: ``untouched``
+    replaces what it says was left alone, ``before`` leads it, ``then`` follows its
+    next command."""
+    try:
+        yield
+    except ReleaseError as exc:
+        exc.step = step
+        exc.untouched = "; ".join(p for p in (before, untouched or exc.untouched) if p)
+        if then:
+            exc.next_command = f"{exc.next_command}; then {then}"
+        raise
+
+
 def _set_aside_dump(
     ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step
 ) -> None:
     """While the service still runs, dump what its restore is about to replace."""
-    try:
+    untouched = f"{service}: still running, nothing was stopped or restored"
+    with _worded("restore", untouched=untouched, then=ctx.options.command()):
         lines = restoring.set_aside_dump()
-    except ReleaseError as exc:
-        exc.untouched = f"{service}: still running, nothing was stopped or restored"
-        exc.next_command = f"{exc.next_command}; then {ctx.options.command()}"
-        exc.step = "restore"
-        raise
     if lines:
         step.detail("set aside before stopping (so the revert can be undone)", "\n".join(lines))
 
@@ -224,39 +238,24 @@ def _recreate_stopped(ctx: ReleaseContext, project: ComposeProject, step: Step) 
     step.detail("compose up --no-start", f"$ {render(create)}\n{created.output}")
 
 
-def _restore_files(
-    ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step
-) -> None:
-    try:
+def _restore_files(service: str, restoring: backup.Restore, step: Step) -> None:
+    with _worded("restore", before=f"{service} is stopped at the reverted code"):
         report = restoring.files()
-    except ReleaseError as exc:
-        exc.untouched = f"{service} is stopped at the reverted code; {exc.untouched}"
-        exc.step = "restore"
-        raise
-    step.detail(
-        "restore",
-        "\n".join([*report.actions, f"undo: stamp {report.undo_stamp} ({restoring.undo})"]),
+    undo = f"undo: stamp {report.undo_stamp} ({restoring.undo})"
+    step.detail("restore", "\n".join([*report.actions, undo]))
+
+
+def _restore_dump(ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step) -> None:
+    files = any(e.kind != "dump" for e in restoring.record.entries)
+    where = f"{service} runs the reverted code" + (
+        " with its volumes and paths restored" if files else ""
     )
-
-
-def _restore_dump(
-    ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step
-) -> None:
-    try:
+    rerun = (
+        f"rerun the revert, which restores {service} again from {restoring.record.stamp}:"
+        f" {ctx.options.command()}"
+    )
+    with _worded("restore-dump", before=f"{where}; its dump was not restored", then=rerun):
         lines = restoring.dump()
-    except ReleaseError as exc:
-        files = any(e.kind != "dump" for e in restoring.record.entries)
-        exc.untouched = (
-            f"{service} runs the reverted code"
-            + (", its volumes and paths restored," if files else "")
-            + f" but not its dump; {exc.untouched}"
-        )
-        exc.next_command = (
-            f"{exc.next_command}; then rerun the revert, which restores {service} again"
-            f" from {restoring.record.stamp}: {ctx.options.command()}"
-        )
-        exc.step = "restore-dump"
-        raise
     step.detail("restore dump", "\n".join(lines))
 
 

@@ -45,7 +45,10 @@ How data is read and written:
 - A dump is ``backup.dump.command`` run with ``compose exec -T`` in the service's first
   container, which must be running; its stdout goes straight into the file (never
   through memory), which appears under its name only when the command exited 0 and
-  wrote something. No container at all (a first release) records it absent.
+  wrote something. No container at all (a first release) records it absent. It goes
+  back through the service itself: once the reverted service runs and is healthy,
+  the file is fed on stdin to ``backup.dump.restore`` (see ``restore.Restore`` for
+  the order, and for the fresh dump set aside before anything stops).
 - After restoring, each target is archived again and compared member by member
   (name, type, mode, owner, mtime, link target, size and sha256 of the content)
   with the backup; the backup's own checksums are verified before anything is

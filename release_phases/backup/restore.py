@@ -39,7 +39,7 @@ class Restore:
 
     1. ``Restore(...)`` verifies the backup; nothing is touched.
     2. ``set_aside_dump()``, while the service still runs: a fresh dump of what stands
-       there, with the backup's own dump command, into ``<stamp>/replaced-<now>/``.
+       there (with the command `commands` gives) into ``<stamp>/replaced-<now>/``.
        Only now can it be taken: the service is about to stop, and once its volumes
        are restored a dump would show the backup's data, not what stood there.
     3. (the caller stops the service and creates its containers without starting them)
@@ -48,7 +48,7 @@ class Restore:
        undone by restoring that stamp; then they are put back and checked.
     5. (the caller starts the service and waits until it is healthy)
     6. ``dump()``: the backup's dump is fed on stdin to its restore command, in the
-       container it was taken from.
+       compose service it was taken from (`compose exec -T`: its first container).
 
     ``abandon()`` removes a set-aside that never got its record (a failure before
     ``files`` wrote it): half a set-aside must not look like a backup.
@@ -187,7 +187,7 @@ class Restore:
             shown = f"`{render(argv)} < {path}`"
             if not result.ok:
                 how = (
-                    f"timed out after {result.duration:.0f}s"
+                    f"timed out after {result.duration:.0f}s (it may still run in the container)"
                     if result.timed_out
                     else f"exited {result.returncode}"
                 )

@@ -308,7 +308,7 @@ def _dump(deployed: Deployed, source: Source, directory: Path, name: str) -> Ent
                 ),
                 next_command=(
                     f"see why with `{render(argv)} > /dev/null`; fix the service"
-                    f" (or backup.dump.command in {deployed.source}), then rerun"
+                    f" (or backup.dump.command in {deployed.source})"
                 ),
                 rc=result.returncode if result.returncode > 0 else 1,
             )

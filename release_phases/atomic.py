@@ -5,29 +5,46 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
 def write(path: Path, chunks: Iterable[bytes]) -> str:
     """Write under a temporary name, fsync, rename, fsync the directory; return the sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    with replacing(path) as tmp, tmp.open("wb") as fh:
+        for chunk in chunks:
+            digest.update(chunk)
+            fh.write(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary file next to ``path`` to fill in the block; it becomes ``path`` only
+    when the block ends without an error (fsynced, renamed, the directory fsynced),
+    and is removed otherwise.
+
+    For content another process writes (a command's stdout sent to the file), which
+    `write` cannot take as chunks.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                digest.update(chunk)
-                fh.write(chunk)
-            fh.flush()
+        yield tmp
+        # fsync through a descriptor of our own: the writer's may be closed already,
+        # and syncing any descriptor of the file flushes the file.
+        with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return digest.hexdigest()

@@ -73,6 +73,33 @@ class ReleaseContext:
         """The compose project of a service, as its manifest in the worktree declares it."""
         return project_of(self.host.compose, manifest, self.options.stop_timeout)
 
+    def declared_before(self, service: str) -> tuple[Manifest, ComposeProject]:
+        """The service as the running version declared it: its manifest at BASE_SHA, with
+        the compose project that names (a service new in this release: the worktree's).
+
+        Its backup is taken by these declarations: the data on disk was made by the
+        running version, and a release that adds a volume must not fail for the volume
+        not existing yet.
+        """
+        base = self.state.base_sha
+        rel = f"packages/{service}"
+        text = self.git.show(base, f"{rel}/manifest.yaml")
+        if text is None:
+            declared = self.manifest(service)
+            return declared, self.project(declared)
+        declared = manifest.parse(
+            text,
+            service=service,
+            package_dir=self.repo / rel,
+            source=f"{rel}/manifest.yaml at BASE_SHA {base[:12]}",
+            exists=lambda name: self.git.exists(base, f"{rel}/{name}"),
+        )
+        compose_text = self.git.show(base, f"{rel}/{declared.compose_file.name}") or ""
+        project = project_of(
+            self.host.compose, declared, self.options.stop_timeout, text=compose_text
+        )
+        return declared, project
+
     def script_env(self, service: str | None = None) -> dict[str, str]:
         """The environment of a hook (with its SERVICE) or a ticket script."""
         st = self.state

@@ -68,13 +68,33 @@ class Health:
 
 
 @dataclass(frozen=True)
+class Dump:
+    """A logical backup: `command`'s stdout, taken in the running container, is the
+    backup; `restore` reads it on stdin in the reverted, healthy container."""
+
+    command: tuple[str, ...]
+    restore: tuple[str, ...]
+
+
+#: When volumes and paths are archived: in prepare while the service runs, or in
+#: migrate between stopping the old containers and starting the new ones.
+BACKUP_WHEN = ("prepare", "stopped")
+
+
+@dataclass(frozen=True)
 class Backup:
     volumes: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
+    dump: Dump | None = None
+    when: str = "prepare"
 
     @property
     def empty(self) -> bool:
-        return not self.volumes and not self.paths
+        return not self.volumes and not self.paths and self.dump is None
+
+    @property
+    def when_stopped(self) -> bool:
+        return self.when == "stopped"
 
 
 @dataclass(frozen=True)
@@ -233,7 +253,27 @@ def _health(r: _Reader) -> Health:
 
 
 def _backup(r: _Reader) -> Backup:
-    return Backup(volumes=r.str_list("backup.volumes"), paths=r.str_list("backup.paths"))
+    dump = None
+    if r.get("backup.dump", dict, None) is not None:
+        command, restore = r.str_list("backup.dump.command"), r.str_list("backup.dump.restore")
+        for key, argv in (("command", command), ("restore", restore)):
+            if not argv:
+                raise r.error(f"backup.dump.{key}", "is required: an argv list")
+        dump = Dump(command=command, restore=restore)
+    when = r.get("backup.when", str, "prepare")
+    if when not in BACKUP_WHEN:
+        raise r.error("backup.when", f"must be one of {', '.join(BACKUP_WHEN)}, got {when!r}")
+    if when == "stopped" and dump is not None:
+        raise r.error(
+            "backup.when",
+            "stopped cannot go with backup.dump: a dump is taken from the running service",
+        )
+    return Backup(
+        volumes=r.str_list("backup.volumes"),
+        paths=r.str_list("backup.paths"),
+        dump=dump,
+        when=when,
+    )
 
 
 def load(repo: Path, service: str) -> Manifest:

@@ -1,13 +1,16 @@
 """Phase 2, migrate: one service at a time, hooks around a forced recreate.
 
-For a service: `pre_start_init`, `docker compose up -d --no-deps --force-recreate`,
-poll the health endpoint, then `post_start_init` and `ensure-config`. The first
-thing that fails stops the service there; the plugin halts every later step.
+For a service: `pre_start_init`, (with `backup.when: stopped`: `docker compose stop`
+and its backup), `docker compose up -d --no-deps --force-recreate`, poll the health
+endpoint, then `post_start_init` and `ensure-config`. The first thing that fails
+stops the service there; the plugin halts every later step.
 """
 
 from __future__ import annotations
 
-from release_phases import health, probing, scripts
+import time
+
+from release_phases import backup, health, probing, scripts
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 from release_phases.host import compose
@@ -138,6 +141,78 @@ def _run_hooks(ctx: ReleaseContext, manifest: Manifest, names: tuple[str, ...], 
         step.detail(hook.name, result.output or "(no output)")
 
 
+def backup_stopped(
+    ctx: ReleaseContext, service: str, project: ComposeProject, step: Step
+) -> None:
+    """`backup.when: stopped`: stop the old containers and archive, before `up`.
+
+    Whether, and what, is what the running version declared (`declared_before`), as
+    for prepare's backup, with the same code and the same record. A backup an earlier
+    run of this release took (resumed with --from=migrate) is kept: the containers
+    may run the new version by now, whose data is not what a revert should restore.
+    If the backup fails, the old containers are started again before the step fails.
+    """
+    declared, before = ctx.declared_before(service)
+    if not declared.backup.when_stopped:
+        return
+    kept = ctx.state.backups.get(service)
+    if kept is not None:
+        step.detail("backup", f"{service}: taken by an earlier run of this release ({kept}), kept")
+        step.log_fields.update(stamp=kept)
+        return
+    timeout = ctx.options.compose_timeout
+    stop = project.stop()
+    try:
+        stopped = ctx.host.run(stop, timeout=timeout)
+        step.detail("compose stop (for the backup)", f"$ {render(stop)}\n{stopped.output}")
+        began = time.monotonic()
+        record = backup.take(
+            ctx.host,
+            declared,
+            before,
+            ctx.paths.backups,
+            dump_timeout=timeout,
+            note="taken in migrate, with the old containers stopped",
+        )
+    except Exception as exc:
+        restarted = _start_again(ctx, project, step)
+        if isinstance(exc, ReleaseError):
+            steps = [exc.next_command, f"then {ctx.options.command('--from=migrate')}"]
+            if restarted:
+                exc.untouched = (
+                    f"{service}: its old containers were started again, nothing was"
+                    " recreated; no backup of it was kept; the services after it were"
+                    " not touched"
+                )
+            else:
+                exc.untouched = (
+                    f"{service} is STOPPED (starting its old containers again failed too,"
+                    " see the report); nothing was recreated; no backup of it was kept;"
+                    " the services after it were not touched"
+                )
+                steps.insert(0, f"start them: {render(project.start())}")
+            exc.next_command = "; ".join(s for s in steps if s)
+            exc.step = "backup"
+        raise
+    # The backup's own time: what `when: stopped` adds to the downtime of a recreate.
+    seconds = time.monotonic() - began
+    step.backups[service] = record.stamp
+    step.log_fields.update(stamp=record.stamp, backup_seconds=f"{seconds:.1f}")
+    step.detail(
+        "backup (taken stopped)",
+        f"{record.describe()}\n{seconds:.1f}s with {service} stopped for it"
+        " (the downtime this backup adds)",
+    )
+
+
+def _start_again(ctx: ReleaseContext, project: ComposeProject, step: Step) -> bool:
+    """Start the old containers after a failed backup; whether that worked."""
+    start = project.start()
+    result = ctx.host.run(start, timeout=ctx.options.compose_timeout, check=False)
+    step.detail("compose start (the old containers again)", f"$ {render(start)}\n{result.output}")
+    return result.ok
+
+
 def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.HealthResult:
     manifest = ctx.manifest(service)
     project = ctx.project(manifest)
@@ -153,6 +228,7 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
             step="images",
         )
     _run_hooks(ctx, manifest, PRE_HOOKS, step)
+    backup_stopped(ctx, service, project, step)
     argv = project.up()
     try:
         result = ctx.host.recreate(project, timeout=ctx.options.compose_timeout)

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from release_phases import backup, hostchecks, manifest
+from release_phases import backup, hostchecks
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
-from release_phases.host.compose import ComposeProject, project_of
-from release_phases.manifest import Manifest
 from release_phases.plan import services_between
 from release_phases.scripts import find_ticket_scripts
 from release_phases.state import image_key
@@ -144,37 +142,27 @@ def discover(ctx: ReleaseContext, base: str, merge: str) -> tuple[list[str], lis
     return services, scripts
 
 
-def running_version(ctx: ReleaseContext, service: str) -> tuple[Manifest, ComposeProject]:
-    """The service as the running version declared it (its manifest at BASE_SHA).
+def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord | None:
+    """Back up what the service declared before this release (see `declared_before`).
 
-    The data on disk and the containers running were made by that version, so its
-    declarations say what to save; a release that adds a volume must not fail for
-    the volume not existing yet. A service new in this release has nothing running:
-    its manifest at MERGE_SHA stands in (its volumes and paths are recorded absent).
+    None when that declaration says ``backup.when: stopped``: migrate takes the
+    backup, between stopping the old containers and starting the new ones.
     """
-    base = ctx.state.base_sha
-    rel = f"packages/{service}"
-    text = ctx.git.show(base, f"{rel}/manifest.yaml")
-    if text is None:
-        declared = ctx.manifest(service)
-        return declared, ctx.project(declared)
-    declared = manifest.parse(
-        text,
-        service=service,
-        package_dir=ctx.repo / rel,
-        source=f"{rel}/manifest.yaml at BASE_SHA {base[:12]}",
-        exists=lambda name: ctx.git.exists(base, f"{rel}/{name}"),
-    )
-    compose_text = ctx.git.show(base, f"{rel}/{declared.compose_file.name}") or ""
-    return declared, project_of(
-        ctx.host.compose, declared, ctx.options.stop_timeout, text=compose_text
-    )
-
-
-def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord:
-    """Back up what the service declared before this release (see `running_version`)."""
-    declared, project = running_version(ctx, service)
-    return backup.take(ctx.host.engine, declared, project, ctx.paths.backups)
+    declared, project = ctx.declared_before(service)
+    if declared.backup.when_stopped:
+        return None
+    try:
+        return backup.take(
+            ctx.host,
+            declared,
+            project,
+            ctx.paths.backups,
+            dump_timeout=ctx.options.compose_timeout,
+        )
+    except ReleaseError as exc:
+        # The pull is done (the ledger's next command carries --base-sha for it).
+        exc.untouched = f"{exc.untouched}; the code alone was pulled, to {ctx.state.merge_sha[:12]}"
+        raise
 
 
 def running_images(ctx: ReleaseContext, services: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -190,7 +178,7 @@ def running_images(ctx: ReleaseContext, services: list[str]) -> tuple[dict[str, 
     found: dict[str, str] = {}
     notes: list[str] = []
     for service in services:
-        declared, project = running_version(ctx, service)
+        declared, project = ctx.declared_before(service)
         for name in project.services:
             containers = ctx.host.engine.containers_of(project.name, name)
             if not containers:

@@ -8,11 +8,13 @@ no commit yet is dropped and applied again.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from release_phases import backup, hostchecks, probing
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
-from release_phases.host import QUERY_TIMEOUT, git
-from release_phases.host.compose import ComposeProject
+from release_phases.host import QUERY_TIMEOUT, ComposeProject, git
 from release_phases.host.engine import tag_argv
 from release_phases.host.shell import render
 from release_phases.manifest import Manifest
@@ -171,36 +173,20 @@ def _service_manifest(ctx: ReleaseContext, service: str) -> Manifest | None:
 
 
 def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
-    """Stop, recreate at the reverted code without starting, restore, start, wait healthy.
+    """Check the backup; point image tags back at IMAGES' ids; set aside its dump's data;
+    stop; recreate at the reverted code
+    without starting; restore volumes and paths; start; wait healthy; feed the dump to its
+    restore; wait healthy again.
 
-    The data goes back into containers that are created but not yet started: the
+    The files go back into containers that are created but not yet started: the
     old code never sees the new data, and paths restored into a container's own
-    filesystem survive (a recreate after the restore would discard them).
+    filesystem survive (a recreate after the restore would discard them). A dump
+    goes back through the service itself, so only once it runs and answers healthy.
     """
     manifest = _service_manifest(ctx, service)
-    stamp = ctx.state.backups.get(service)
-    restoring = not ctx.options.skip_data and manifest is not None
-    if restoring:
-        if stamp is None:
-            raise ReleaseError(
-                f"{service} has no backup in BACKUPS of {ctx.paths.state}",
-                untouched=f"{service}: its containers and data, nothing was stopped",
-                next_command=ctx.options.command("--skip-data")
-                + "   (only if its data was not touched)",
-                step="restore",
-            )
-        # Before anything stops: a damaged backup must not leave the service down.
-        try:
-            backup.verify(ctx.paths.backups, service, stamp)
-        except ReleaseError as exc:
-            exc.untouched = f"{service}: still running, nothing was stopped or restored"
-            exc.next_command = (
-                f"check it ({exc.next_command}); then either put a good copy of the archive "
-                f"back and run {ctx.options.command()}, or, only if {service}'s data was not "
-                f"touched by the release, {ctx.options.command('--skip-data')}"
-            )
-            exc.step = "restore"
-            raise
+    restoring = None
+    if not ctx.options.skip_data and manifest is not None:
+        restoring = _checked_backup(ctx, service, manifest)
     if manifest is None:
         # Added by the release: its compose file went with the revert.
         # Compose labels its containers with the directory of the compose file.
@@ -215,6 +201,93 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
         return
     project = ctx.project(manifest)
     step.detail("images", "\n".join(bring_back_images(ctx, manifest, project)))
+    if restoring is not None:
+        _set_aside_dump(ctx, service, restoring, step)
+    try:
+        _recreate_stopped(ctx, project, step)
+        if restoring is not None:
+            _restore_files(service, restoring, step)
+        else:
+            step.detail("data", "--skip-data: the backup was not restored")
+    except BaseException:
+        if restoring is not None:
+            restoring.abandon()
+        raise
+    start = project.start()
+    started = ctx.host.run(start, timeout=ctx.options.compose_timeout)
+    step.detail("compose start", f"$ {render(start)}\n{started.output}")
+    _wait_healthy(ctx, manifest, project, step, f"{service} is back at the old code")
+    if restoring is not None and restoring.dumps:
+        _restore_dump(ctx, service, restoring, step)
+        _wait_healthy(ctx, manifest, project, step, f"{service}'s dump was restored")
+
+
+def _checked_backup(ctx: ReleaseContext, service: str, manifest: Manifest) -> backup.Restore:
+    """The service's backup, verified before anything stops: a damaged backup must not
+    leave the service down."""
+    stamp = ctx.state.backups.get(service)
+    if stamp is None:
+        why = ""
+        if manifest.backup.when_stopped:
+            why = (
+                ": it is taken in migrate (backup.when: stopped), and the release stopped"
+                " before taking it"
+            )
+        raise ReleaseError(
+            f"{service} has no backup in BACKUPS of {ctx.paths.state}{why}",
+            untouched=f"{service}: its containers and data, nothing was stopped",
+            next_command=ctx.options.command("--skip-data")
+            + "   (only if its data was not touched)",
+            step="restore",
+        )
+    try:
+        return backup.Restore(
+            ctx.host,
+            manifest,
+            ctx.project(manifest),
+            ctx.paths.backups,
+            stamp,
+            timeout=ctx.options.compose_timeout,
+        )
+    except ReleaseError as exc:
+        exc.untouched = f"{service}: still running, nothing was stopped or restored"
+        exc.next_command = (
+            f"check it ({exc.next_command}); then either put a good copy of the archive "
+            f"back and run {ctx.options.command()}, or, only if {service}'s data was not "
+            f"touched by the release, {ctx.options.command('--skip-data')}"
+        )
+        exc.step = "restore"
+        raise
+
+
+@contextmanager
+def _worded(step: str, *, untouched: str = "", before: str = "", then: str = "") -> Iterator[None]:
+    """A ReleaseError from the block, worded as this revert step's: ``untouched``
+    replaces what it says was left alone, ``before`` leads it, ``then`` follows its
+    next command."""
+    try:
+        yield
+    except ReleaseError as exc:
+        exc.step = step
+        exc.untouched = "; ".join(p for p in (before, untouched or exc.untouched) if p)
+        if then:
+            exc.next_command = f"{exc.next_command}; then {then}"
+        raise
+
+
+def _set_aside_dump(
+    ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step
+) -> None:
+    """While the service still runs, dump what its restore is about to replace."""
+    untouched = f"{service}: still running, nothing was stopped or restored"
+    with _worded("restore", untouched=untouched, then=ctx.options.command()):
+        lines = restoring.set_aside_dump()
+    if lines:
+        step.detail("set aside before stopping (so the revert can be undone)", "\n".join(lines))
+
+
+def _recreate_stopped(ctx: ReleaseContext, project: ComposeProject, step: Step) -> None:
+    """Stop the service, then recreate its containers at the reverted code, not started."""
     timeout = ctx.options.compose_timeout
     stop = project.stop()
     stopped = ctx.host.run(stop, timeout=timeout)
@@ -222,24 +295,36 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     create = project.up(start=False)
     created = ctx.host.run(create, timeout=timeout, stream=True)
     step.detail("compose up --no-start", f"$ {render(create)}\n{created.output}")
-    if restoring:
-        assert stamp is not None  # checked above, before anything stopped
-        try:
-            report = backup.restore(ctx.host.engine, manifest, project, ctx.paths.backups, stamp)
-        except ReleaseError as exc:
-            exc.untouched = f"{service} is stopped at the reverted code; {exc.untouched}"
-            exc.step = "restore"
-            raise
-        step.detail("restore", "\n".join(report.actions) + f"\nundo: stamp {report.undo_stamp}")
-    else:
-        step.detail("data", "--skip-data: the backup was not restored")
-    start = project.start()
-    started = ctx.host.run(start, timeout=timeout)
-    step.detail("compose start", f"$ {render(start)}\n{started.output}")
+
+
+def _restore_files(service: str, restoring: backup.Restore, step: Step) -> None:
+    with _worded("restore", before=f"{service} is stopped at the reverted code"):
+        report = restoring.files()
+    undo = f"undo: stamp {report.undo_stamp} ({restoring.undo})"
+    step.detail("restore", "\n".join([*report.actions, undo]))
+
+
+def _restore_dump(ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step) -> None:
+    files = any(e.kind != "dump" for e in restoring.record.entries)
+    where = f"{service} runs the reverted code" + (
+        " with its volumes and paths restored" if files else ""
+    )
+    rerun = (
+        f"rerun the revert, which restores {service} again from {restoring.record.stamp}:"
+        f" {ctx.options.command()}"
+    )
+    with _worded("restore-dump", before=f"{where}; its dump was not restored", then=rerun):
+        lines = restoring.dump()
+    step.detail("restore dump", "\n".join(lines))
+
+
+def _wait_healthy(
+    ctx: ReleaseContext, manifest: Manifest, project: ComposeProject, step: Step, what: str
+) -> None:
     probed = probing.wait_until_healthy(ctx, manifest, project, step)
     if not probed.ok:
         raise ReleaseError(
-            f"{service} is back at the old code but not healthy: {probed.summary}",
+            f"{what} but not healthy: {probed.summary}",
             untouched="the services after it in the revert order",
             next_command="read the container logs in the report, fix, then "
             + ctx.options.command(),

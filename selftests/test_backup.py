@@ -8,6 +8,7 @@ what was written. Every compose project started here is taken down with -v.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import subprocess
@@ -20,13 +21,13 @@ import docker.errors
 import pytest
 
 from release_phases import atomic
-from release_phases.backup import BackupRecord, restore, take, verify
+from release_phases.backup import BackupRecord, Restore, take, verify
 from release_phases.errors import ReleaseError
+from release_phases.host import Host
 from release_phases.host import compose as compose_cli
 from release_phases.host.compose import Compose, ComposeProject
-from release_phases.host.engine import Engine
-from release_phases.host.shell import render
-from release_phases.manifest import Backup, Health, Image, Manifest, load
+from release_phases.host.shell import CommandFailed, Runner, render
+from release_phases.manifest import Backup, Dump, Health, Image, Manifest, load
 from selftests.support.deployrepo import DeployRepo, Service
 from selftests.support.images import LABEL
 from selftests.support.scenario import container
@@ -95,8 +96,8 @@ def root(deploy: DeployRepo) -> Path:
 
 
 @pytest.fixture
-def engine() -> Engine:
-    return Engine()
+def host(deploy: DeployRepo) -> Host:
+    return Host(deploy.dev)
 
 
 @pytest.fixture
@@ -123,7 +124,7 @@ def members(record: BackupRecord, kind: str) -> set[str]:
 
 @pytest.mark.docker
 def test_restore_puts_back_volume_and_path_byte_identical(
-    up, make_service, engine, root: Path
+    up, make_service, host, root: Path
 ) -> None:
     svc = make_service("web", volumes=("web-data",), paths=("/srv/data",))
     manifest, web = up(svc)
@@ -133,7 +134,7 @@ def test_restore_puts_back_volume_and_path_byte_identical(
     web.write("/srv/data/config", b"v1\n")
     web.write("/srv/data/sub/c", b"see\n")
 
-    record = take(engine, manifest, project(svc, manifest), root)
+    record = take(host, manifest, project(svc, manifest), root)
 
     assert re.fullmatch(r"\d{8}_\d{6}", record.stamp)
     assert record.directory == root / "web" / record.stamp
@@ -158,14 +159,14 @@ def test_restore_puts_back_volume_and_path_byte_identical(
     web.sh("rm /srv/data/sub/c")
 
     with pytest.raises(ReleaseError, match="running") as refused:
-        restore(engine, manifest, project(svc, manifest), root, record.stamp)
+        Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
     # The next command is the detected Compose's, for exactly this project.
     stop = render(project(svc, manifest).argv("stop"))
     assert refused.value.next_command == f"stop them first: {stop}"
     assert web.read("/data/web-data/a.txt") == b"changed\n"
 
     compose(svc, manifest, "stop")
-    report = restore(engine, manifest, project(svc, manifest), root, record.stamp)
+    report = Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
     compose(svc, manifest, "start")
 
     assert web.names("/data/web-data") == {"a.txt", "sub", ".hidden"}
@@ -182,7 +183,7 @@ def test_restore_puts_back_volume_and_path_byte_identical(
     verify(root, "web", report.undo_stamp)
     assert "new.txt" in members(report.replaced, "volume")
     compose(svc, manifest, "stop")
-    restore(engine, manifest, project(svc, manifest), root, report.undo_stamp)
+    Restore(host, manifest, project(svc, manifest), root, report.undo_stamp).files()
     compose(svc, manifest, "start")
     assert web.read("/data/web-data/new.txt") == b"added after the backup\n"
     assert web.read("/srv/data/config") == b"v2\n"
@@ -191,17 +192,17 @@ def test_restore_puts_back_volume_and_path_byte_identical(
 
 @pytest.mark.docker
 def test_restore_recreates_a_volume_no_container_holds(
-    up, make_service, docker_client, engine, root: Path
+    up, make_service, docker_client, host, root: Path
 ) -> None:
     svc = make_service("store", volumes=("blobs",))
     manifest, store = up(svc)
     store.write("/data/blobs/one", BINARY)
-    record = take(engine, manifest, project(svc, manifest), root)
+    record = take(host, manifest, project(svc, manifest), root)
     store.write("/data/blobs/two", b"later\n")
     labels = docker_client.volumes.get(f"{svc.project}_blobs").attrs["Labels"]
 
     compose(svc, manifest, "down")  # containers go, the volume stays
-    report = restore(engine, manifest, project(svc, manifest), root, record.stamp)
+    report = Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
     assert "removed and recreated" in report.actions[0]
     assert docker_client.volumes.get(f"{svc.project}_blobs").attrs["Labels"] == labels
 
@@ -229,7 +230,9 @@ def test_nothing_declared_gets_an_empty_record(tmp_path: Path) -> None:
     compose_v2 = Compose(prefix=("docker", "compose"), version="2.40.3")
     quiet = ComposeProject(compose_v2, "proj", manifest.compose_file, manifest.containers)
 
-    record = take(NoDocker(), manifest, quiet, root)  # type: ignore[arg-type]
+    host = Host(tmp_path)
+    host.engine = NoDocker()  # type: ignore[assignment]
+    record = take(host, manifest, quiet, root)
 
     assert record.nothing_declared
     assert record.directory == root / "quiet" / record.stamp
@@ -243,13 +246,13 @@ def test_nothing_declared_gets_an_empty_record(tmp_path: Path) -> None:
 
 @pytest.mark.docker
 def test_a_corrupted_archive_fails_verify_naming_it(
-    deploy, make_service, engine, volumes, root: Path
+    deploy, make_service, host, volumes, root: Path
 ) -> None:
     svc = make_service("files", volumes=("data",))
     deploy.write_service(svc)
     manifest = load(deploy.dev, svc.name)
     volumes(f"{svc.project}_data")
-    record = take(engine, manifest, project(svc, manifest), root)
+    record = take(host, manifest, project(svc, manifest), root)
     (entry,) = record.entries
     assert entry.archive is not None
     archive = record.directory / entry.archive
@@ -261,7 +264,7 @@ def test_a_corrupted_archive_fails_verify_naming_it(
         verify(root, "files", record.stamp)
     assert "corrupted" in str(failed.value)
     with pytest.raises(ReleaseError, match=re.escape(entry.archive)):
-        restore(engine, manifest, project(svc, manifest), root, record.stamp)
+        Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
     assert not list(record.directory.glob("replaced-*")), "nothing is set aside or touched"
 
     (record.directory / "record.json").unlink()
@@ -271,13 +274,13 @@ def test_a_corrupted_archive_fails_verify_naming_it(
 
 @pytest.mark.docker
 def test_first_release_records_the_missing_volume_and_path_absent(
-    up, deploy, make_service, docker_client, engine, root: Path
+    up, deploy, make_service, docker_client, host, root: Path
 ) -> None:
     svc = make_service("fresh", volumes=("state",), paths=("/srv/data",))
     deploy.write_service(svc)
     manifest = load(deploy.dev, svc.name)
 
-    record = take(engine, manifest, project(svc, manifest), root)
+    record = take(host, manifest, project(svc, manifest), root)
 
     assert [(e.kind, e.target, e.absent, e.archive) for e in record.entries] == [
         ("volume", f"{svc.project}_state", True, None),
@@ -290,7 +293,7 @@ def test_first_release_records_the_missing_volume_and_path_absent(
     _, fresh = up(svc)
     fresh.write("/data/state/written-by-the-release", b"x\n")
     compose(svc, manifest, "stop")
-    report = restore(engine, manifest, project(svc, manifest), root, record.stamp)
+    report = Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
     compose(svc, manifest, "start")
     assert fresh.names("/data/state") == set()
     assert "absent in the backup; emptied in place" in report.actions[0]
@@ -298,20 +301,20 @@ def test_first_release_records_the_missing_volume_and_path_absent(
 
     # ...and, once no container holds it, removes it.
     compose(svc, manifest, "down")
-    restore(engine, manifest, project(svc, manifest), root, record.stamp)
+    Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
     with pytest.raises(docker.errors.NotFound):
         docker_client.volumes.get(f"{svc.project}_state")
 
 
 @pytest.mark.docker
 def test_a_missing_volume_of_a_deployed_service_fails_naming_both(
-    up, make_service, engine, root: Path
+    up, make_service, host, root: Path
 ) -> None:
     svc = make_service("api")
     manifest, _ = up(svc, extra_manifest={"backup": {"volumes": ["ghost"]}})
 
     with pytest.raises(ReleaseError, match="api: volume 'ghost' does not exist") as failed:
-        take(engine, manifest, project(svc, manifest), root)
+        take(host, manifest, project(svc, manifest), root)
     assert f"docker volume create --label=com.docker.compose.project={svc.project}" in str(
         failed.value
     )
@@ -320,7 +323,7 @@ def test_a_missing_volume_of_a_deployed_service_fails_naming_both(
 
 @pytest.mark.docker
 def test_the_project_volume_is_preferred_over_the_bare_key(
-    deploy, make_service, engine, volumes, root: Path
+    deploy, make_service, host, volumes, root: Path
 ) -> None:
     svc = make_service("db")
     key = f"{svc.project}-shared"
@@ -328,21 +331,21 @@ def test_the_project_volume_is_preferred_over_the_bare_key(
     manifest = load(deploy.dev, svc.name)
 
     volumes(key)
-    external = take(engine, manifest, project(svc, manifest), root, stamp="20240101_000000")
+    external = take(host, manifest, project(svc, manifest), root, stamp="20240101_000000")
     volumes(f"{svc.project}_{key}")
-    prefixed = take(engine, manifest, project(svc, manifest), root, stamp="20240101_000001")
+    prefixed = take(host, manifest, project(svc, manifest), root, stamp="20240101_000001")
 
     assert external.entries[0].target == key
     assert prefixed.entries[0].target == f"{svc.project}_{key}"
 
 
 @pytest.mark.docker
-def test_a_path_holding_a_mount_is_refused(up, make_service, engine, root: Path) -> None:
+def test_a_path_holding_a_mount_is_refused(up, make_service, host, root: Path) -> None:
     svc = make_service("mixed", volumes=("inner",), paths=("/data",))
     manifest, _ = up(svc)
 
     with pytest.raises(ReleaseError, match="mount point /data/inner"):
-        take(engine, manifest, project(svc, manifest), root)
+        take(host, manifest, project(svc, manifest), root)
 
 
 def test_a_failed_write_leaves_no_archive_under_its_name(tmp_path: Path) -> None:
@@ -355,6 +358,19 @@ def test_a_failed_write_leaves_no_archive_under_its_name(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_another_process_writes_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "01-dump-db.dump"
+    with atomic.replacing(target) as tmp:
+        Runner().run(["printf", "dumped"], stdout_to=tmp, timeout=30)
+        assert not target.exists(), "not under its name before the block ends"
+    assert target.read_bytes() == b"dumped"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+    with pytest.raises(CommandFailed), atomic.replacing(tmp_path / "02-dump-db.dump") as tmp:
+        Runner().run(["sh", "-c", "printf half; exit 3"], stdout_to=tmp, timeout=30)
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
 def test_an_unreadable_record_is_refused(tmp_path: Path) -> None:
     directory = tmp_path / "web" / "20240101_000000"
     directory.mkdir(parents=True)
@@ -364,3 +380,134 @@ def test_an_unreadable_record_is_refused(tmp_path: Path) -> None:
         verify(tmp_path, "web", "20240101_000000")
     with pytest.raises(ReleaseError, match="not YYYYmmdd_HHMMSS"):
         verify(tmp_path, "web", "../etc")
+
+
+# -- dumps ----------------------------------------------------------------------------------
+
+DUMP = {
+    "command": ["tar", "-c", "-C", "/data/db", "."],
+    "restore": ["sh", "-c", "rm -rf /data/db/* && tar -x -C /data/db"],
+}
+
+
+@pytest.mark.docker
+def test_a_dump_streams_into_the_backup_with_its_checksum(
+    up, make_service, host, root: Path
+) -> None:
+    svc = make_service("db", volumes=("db",), backup={"dump": DUMP})
+    manifest, db = up(svc)
+    db.write("/data/db/table", BINARY)
+
+    record = take(host, manifest, project(svc, manifest), root)
+
+    (entry,) = record.entries
+    assert (entry.kind, entry.target, entry.absent) == ("dump", "db", False)
+    assert entry.container == db.container.name
+    assert entry.archive == "01-dump-db.dump"
+    with tarfile.open(record.directory / entry.archive) as tar:
+        table = tar.extractfile("./table")
+        assert table is not None and table.read() == BINARY
+    checked = subprocess.run(
+        ["sha256sum", "-c", "SHA256SUMS"], cwd=record.directory, capture_output=True, text=True
+    )
+    assert checked.stdout == "01-dump-db.dump: OK\n", checked.stdout + checked.stderr
+    (on_disk,) = json.loads((record.directory / "record.json").read_text())["entries"]
+    assert on_disk["kind"] == "dump" and on_disk["sha256"] == entry.sha256
+    assert on_disk["dump"] == DUMP
+    assert verify(root, "db", record.stamp) == record
+    assert "dump `tar -c -C /data/db .` in db" in record.describe()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    ("command", "timeout", "said"),
+    [
+        (["sh", "-c", "echo relation missing >&2; exit 3"], 60, "exited 3; it said:\nrelation"),
+        (["sh", "-c", "true"], 60, "exited 0 but wrote nothing"),
+        (["sh", "-c", "printf partial; sleep 30"], 2, "timed out after 2s"),
+    ],
+    ids=["exits-non-zero", "writes-nothing", "times-out"],
+)
+def test_a_failed_dump_leaves_no_backup_and_names_its_command(
+    up, make_service, host, root: Path, command, timeout, said
+) -> None:
+    svc = make_service("db", volumes=("db",), backup={"dump": {**DUMP, "command": command}})
+    manifest, _ = up(svc)
+
+    with pytest.raises(ReleaseError) as failed:
+        take(host, manifest, project(svc, manifest), root, dump_timeout=timeout)
+
+    message = str(failed.value)
+    assert said in message
+    assert render(project(svc, manifest).exec("db", command)) in message
+    assert "no backup was kept" in message
+    assert not (root / "db").exists() or not any((root / "db").iterdir())
+
+
+@pytest.mark.docker
+def test_a_dump_of_a_stopped_service_is_refused_before_anything_is_written(
+    up, make_service, host, root: Path
+) -> None:
+    svc = make_service("db", volumes=("db",), backup={"dump": DUMP})
+    manifest, _ = up(svc)
+    compose(svc, manifest, "stop")
+
+    with pytest.raises(ReleaseError, match="is exited") as failed:
+        take(host, manifest, project(svc, manifest), root)
+    assert failed.value.next_command.startswith(
+        f"start it: {render(project(svc, manifest).argv('start', 'db'))}"
+    )
+    assert not (root / "db").exists()
+
+
+def _record_with(directory: Path, entry: dict, archives: dict[str, bytes]) -> None:
+    directory.mkdir(parents=True)
+    sums = ""
+    for name, data in archives.items():
+        (directory / name).write_bytes(data)
+        sums += f"{hashlib.sha256(data).hexdigest()}  {name}\n"
+    (directory / "SHA256SUMS").write_text(sums)
+    record = {"format": 1, "service": "db", "stamp": directory.name, "entries": [entry]}
+    (directory / "record.json").write_text(json.dumps(record))
+
+
+def test_a_dump_entry_is_read_back_and_verify_checks_its_file(tmp_path: Path) -> None:
+    data = b"-- a dump\n" * 100
+    entry = {
+        "kind": "dump",
+        "name": "tar -c -C /data/db .",
+        "target": "db",
+        "absent": False,
+        "archive": "01-dump-db.dump",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "container": "proj-db-1",
+        "dump": DUMP,
+    }
+    directory = tmp_path / "db" / "20240101_000000"
+    _record_with(directory, entry, {"01-dump-db.dump": data})
+
+    (read,) = verify(tmp_path, "db", "20240101_000000").entries
+    assert read.dump == Dump(tuple(DUMP["command"]), tuple(DUMP["restore"]))
+    assert read.label == "dump `tar -c -C /data/db .` in db"
+
+    (directory / "01-dump-db.dump").write_bytes(data[:-1] + b"!")
+    with pytest.raises(ReleaseError, match=r"archive 01-dump-db\.dump is corrupted"):
+        verify(tmp_path, "db", "20240101_000000")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"dump": None}, "has its dump commands"),
+        ({"kind": "volume"}, "has its dump commands"),
+        ({"dump": {**DUMP, "restore": []}}, "dump restore [] is not an argv list"),
+        ({"dump": {"command": "tar -c ."}}, "is not an argv list"),
+        ({"kind": "snapshot"}, "not one of volume, path, dump"),
+    ],
+)
+def test_a_malformed_dump_entry_is_refused(tmp_path: Path, change: dict, problem: str) -> None:
+    entry = {"kind": "dump", "name": "tar", "target": "db", "absent": True, "dump": DUMP}
+    _record_with(tmp_path / "db" / "20240101_000000", {**entry, **change}, {})
+    with pytest.raises(ReleaseError, match="unreadable") as failed:
+        verify(tmp_path, "db", "20240101_000000")
+    assert problem in str(failed.value)

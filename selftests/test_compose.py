@@ -50,6 +50,12 @@ def test_stop_start_ps_logs_pull_build_and_config_are_scoped_to_the_project() ->
     assert web().argv("ps") == [*BASE, "ps"]
 
 
+def test_exec_runs_an_argv_in_a_service_without_a_tty_or_a_shell() -> None:
+    """-T: a dump's bytes reach stdout unchanged, and a restore reads stdin to its end."""
+    dump = web("db").exec("db", ["pg_dump", "-Fc", "app db"])
+    assert dump == [*BASE, "exec", "-T", "db", "pg_dump", "-Fc", "app db"]
+
+
 def test_no_stop_timeout_leaves_it_to_compose() -> None:
     """None: the compose file's stop_grace_period (else Compose's default) decides."""
     assert web(stop_timeout=None).stop() == [*BASE, "stop", "web"]

@@ -53,6 +53,13 @@ def test_the_compose_file_is_found_by_its_usual_names(tmp_path):
         (GOOD + "health: {tcp: 'localhost:99999'}\n", "health.tcp must be host:port"),
         (GOOD + "health: {docker: 'yes'}\n", "health.docker must be bool"),
         (GOOD + "health: {command: 'pg_isready'}\n", "health.command must be list"),
+        (GOOD + "backup: {dump: {command: [pg_dump]}}\n", "backup.dump.restore is required"),
+        (GOOD + "backup: {dump: [pg_dump]}\n", "backup.dump must be dict"),
+        (GOOD + "backup: {when: later}\n", "backup.when must be one of prepare, stopped"),
+        (
+            GOOD + "backup: {when: stopped, dump: {command: [a], restore: [b]}}\n",
+            "backup.when stopped cannot go with backup.dump",
+        ),
         ("- a list\n", "must be a mapping"),
     ],
 )
@@ -96,3 +103,18 @@ def test_a_compose_file_that_links_out_of_the_package_is_refused(tmp_path):
     (pkg / "manifest.yaml").write_text(GOOD)
     with pytest.raises(ConfigError, match=r"compose_file compose\.yaml is a link to .*outside"):
         manifest.load(tmp_path, "web")
+
+
+def test_a_dump_backup_and_when(tmp_path):
+    text = GOOD + """
+backup:
+  volumes: [data]
+  dump: {command: [pg_dump, -U, app, app], restore: [psql, -U, app, app]}
+"""
+    m = _load(tmp_path, text)
+    assert m.backup.dump is not None
+    assert m.backup.dump.command == ("pg_dump", "-U", "app", "app")
+    assert m.backup.dump.restore == ("psql", "-U", "app", "app")
+    assert m.backup.when == "prepare" and not m.backup.when_stopped and not m.backup.empty
+    stopped = _load(tmp_path / "b", GOOD + "backup: {volumes: [data], when: stopped}\n")
+    assert stopped.backup.when_stopped

@@ -137,3 +137,47 @@ def test_read_kills_a_hung_query_at_its_timeout():
     found = Runner().read(["bash", "-c", "sleep 30 & wait"], timeout=0.5)
     assert found.timed_out and not found.ok and found.returncode == 124
     assert found.duration < 10
+
+
+def test_stdout_to_a_file_keeps_the_bytes_exact_and_stderr_as_the_output(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "dump"
+    # More than a pipe holds, with every byte value: nothing is decoded or merged.
+    script = (
+        "import sys; sys.stderr.write('dumping\\n'); sys.stderr.flush(); "
+        "sys.stdout.buffer.write(bytes(range(256)) * 4096); sys.stderr.write('done\\n')"
+    )
+    result = Runner().run([sys.executable, "-c", script], stdout_to=out, timeout=30)
+    assert result.ok
+    assert out.read_bytes() == bytes(range(256)) * 4096
+    assert result.output == "dumping\ndone\n"
+
+
+def test_stdin_from_a_file_reaches_the_command_whole(tmp_path: Path) -> None:
+    data = tmp_path / "dump"
+    data.write_bytes(b"\x00\xff" * 200_000)
+    result = Runner().run(["wc", "-c"], stdin_from=data, timeout=30)
+    assert result.output.strip() == "400000"
+
+
+def test_a_timeout_with_stdout_to_a_file_kills_the_group_and_keeps_stderr(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "dump"
+    start = time.monotonic()
+    result = Runner().run(
+        ["bash", "-c", "printf partial; echo stuck >&2; sleep 30"],
+        stdout_to=out,
+        timeout=1,
+        check=False,
+    )
+    assert time.monotonic() - start < 3
+    assert result.timed_out and result.returncode == 124
+    assert result.output == "stuck\n"
+    assert out.read_bytes() == b"partial"
+
+
+def test_stdin_text_and_stdin_from_a_file_are_exclusive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        Runner().run(["cat"], stdin="x", stdin_from=tmp_path / "f")

@@ -1,10 +1,12 @@
-"""Backups of a service's data: named Docker volumes and paths in its first container.
+"""Backups of a service's data: named Docker volumes, paths in its first container, and
+a dump (a command's stdout) taken in its running first container.
 
 Phase 1 calls ``take``; a revert calls ``restore``; ``verify`` checks a backup on disk.
-Everything goes through the Docker API (``get_archive``/``put_archive``), never through
-the host's ``/var/lib/docker``, so the same code works against any engine. What runs
-now is asked of ``host.engine.Engine``; every command an operator is told to run is
-the project's own (``ComposeProject.argv``), with the Compose the host detected.
+Volumes and paths go through the Docker API (``get_archive``/``put_archive``), never
+through the host's ``/var/lib/docker``, so the same code works against any engine; a
+dump runs through the host's Runner (``compose exec -T``). What runs now is asked of
+``host.engine.Engine``; every command an operator is told to run is the project's own
+(``ComposeProject.argv``), with the Compose the host detected.
 
 - ``record``: the record, its checksums, ``verify``;
 - ``deployed``: the service's containers and volumes as the engine sees them now;
@@ -15,8 +17,9 @@ On disk, under ``root`` (``journal.Paths(repo, ticket).backups``, which is
 ``<repo>/.asd/workspace/backups``)::
 
     <service>/<stamp>/                  stamp is YYYYmmdd_HHMMSS, UTC
-        01-volume-web-data.tar          one tar per entry that existed
-        02-path-srv-data.tar
+        01-dump-web.dump                the dump's stdout, as it came (backup.dump)
+        02-volume-web-data.tar          one tar per entry that existed
+        03-path-srv-data.tar
         SHA256SUMS                      `sha256sum -c SHA256SUMS` checks the archives
                                         (empty when nothing was archived)
         record.json                     written last: its presence means "complete"
@@ -39,6 +42,13 @@ How data is read and written:
   first replaced by an empty file (``put_archive`` removes a directory it replaces
   with a non-directory), then the archive is put back. This works on a stopped
   container, so a restore never starts the service.
+- A dump is ``backup.dump.command`` run with ``compose exec -T`` in the service's first
+  container, which must be running; its stdout goes straight into the file (never
+  through memory), which appears under its name only when the command exited 0 and
+  wrote something. No container at all (a first release) records it absent. It goes
+  back through the service itself: once the reverted service runs and is healthy,
+  the file is fed on stdin to ``backup.dump.restore`` (see ``restore.Restore`` for
+  the order, and for the fresh dump set aside before anything stops).
 - After restoring, each target is archived again and compared member by member
   (name, type, mode, owner, mtime, link target, size and sha256 of the content)
   with the backup; the backup's own checksums are verified before anything is
@@ -62,12 +72,15 @@ Limitations, stated plainly:
 - Nothing is restored while a container that uses a target is running, and a
   backup of a running service is only as consistent as the files are at that
   moment (no snapshot).
+- A dump is as consistent as its command makes it (``pg_dump`` takes a snapshot;
+  ``tar`` of a live directory does not). A dump that times out has its ``compose exec``
+  killed; the command in the container may run on until it ends by itself.
 - Stamps have one-second resolution: a second ``take`` of a service within the same
   second fails rather than overwrite; a set-aside waits for the next second.
 """
 
 from release_phases.backup.record import BackupRecord, Entry, RestoreReport, verify
-from release_phases.backup.restore import restore
+from release_phases.backup.restore import Restore
 from release_phases.backup.take import take
 
-__all__ = ["BackupRecord", "Entry", "RestoreReport", "restore", "take", "verify"]
+__all__ = ["BackupRecord", "Entry", "Restore", "RestoreReport", "take", "verify"]

@@ -11,6 +11,7 @@ from docker.types import Mount
 
 from release_phases.backup.record import Entry
 from release_phases.errors import ReleaseError
+from release_phases.host import Host
 from release_phases.host.compose import ComposeProject
 from release_phases.host.engine import HELPER_LABEL, Engine, project_volume
 from release_phases.host.shell import render
@@ -24,12 +25,17 @@ NEVER_STARTED = ["release-phases-helper-is-never-started"]
 
 
 class Deployed:
-    """The service as the Docker Engine sees it now, found by compose labels."""
+    """The service as the Docker Engine sees it now, found by compose labels; commands in
+    its containers run through ``host``."""
 
-    def __init__(self, engine: Engine, manifest: Manifest, project: ComposeProject) -> None:
-        self.engine = engine
+    def __init__(self, host: Host, manifest: Manifest, project: ComposeProject) -> None:
+        self.host = host
         self.manifest = manifest
         self.project = project
+
+    @property
+    def engine(self) -> Engine:
+        return self.host.engine
 
     @property
     def service(self) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from release_phases.errors import ReleaseError
+from release_phases.manifest import Dump
 
 if TYPE_CHECKING:
     import docker
@@ -52,25 +53,36 @@ class VolumeConfig:
         )
 
 
+#: What an entry can be: a volume or a path archived with tar, or a dump (the stdout
+#: of a command in the service, restored by feeding it to another).
+KINDS = ("volume", "path", "dump")
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One declared volume or path, and what the backup holds for it.
+    """One declared volume, path or dump, and what the backup holds for it.
 
-    ``target`` is the Docker volume name or the path in the container. An absent
-    entry has no archive: nothing stood there, and restoring it means nothing should.
+    ``target`` is the Docker volume name, the path in the container, or for a dump
+    the compose service it ran in. An absent entry has no archive: nothing stood
+    there (for a dump: no container ran), and restoring it means nothing should.
     """
 
-    kind: str  # "volume" | "path"
-    name: str  # as written in the manifest
+    kind: str  # one of KINDS
+    name: str  # as written in the manifest (a dump: its command, rendered)
     target: str
     absent: bool
     archive: str | None = None
     sha256: str | None = None
-    container: str = ""  # path entries: the container it was read from
+    container: str = ""  # path and dump entries: the container it was read from
     volume: VolumeConfig | None = None
+    #: A dump's command and the restore that reads it back, as they were when it was
+    #: taken; a revert uses them when the manifest it restores with declares no dump.
+    dump: Dump | None = None
 
     @property
     def label(self) -> str:
+        if self.kind == "dump":
+            return f"dump `{self.name}` in {self.target}"
         where = f" ({self.target})" if self.target != self.name else ""
         return f"{self.kind} {self.name}{where}"
 
@@ -154,8 +166,8 @@ class BackupRecord:
 
 def _entry_from_json(data: dict[str, Any]) -> Entry:
     kind, name, target = data["kind"], data["name"], data["target"]
-    if kind not in ("volume", "path"):
-        raise ValueError(f"entry kind {kind!r} is neither 'volume' nor 'path'")
+    if kind not in KINDS:
+        raise ValueError(f"entry kind {kind!r} is not one of {', '.join(KINDS)}")
     if not all(isinstance(v, str) and v for v in (name, target)):
         raise ValueError(f"entry {data!r} lacks a name or target")
     absent = data["absent"]
@@ -169,6 +181,9 @@ def _entry_from_json(data: dict[str, Any]) -> Entry:
     if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", str(sha256)):
         raise ValueError(f"entry {name}: sha256 {sha256!r} is not a sha256")
     volume = data.get("volume")
+    dump = data.get("dump")
+    if (kind == "dump") != (dump is not None):
+        raise ValueError(f"entry {name}: a dump entry, and only one, has its dump commands")
     return Entry(
         kind=kind,
         name=name,
@@ -178,7 +193,18 @@ def _entry_from_json(data: dict[str, Any]) -> Entry:
         sha256=sha256,
         container=str(data.get("container", "")),
         volume=VolumeConfig(**volume) if volume is not None else None,
+        dump=None if dump is None else _dump_from_json(name, dump),
     )
+
+
+def _dump_from_json(name: str, data: dict[str, Any]) -> Dump:
+    argvs = []
+    for key in ("command", "restore"):
+        argv = data[key]
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ValueError(f"entry {name}: dump {key} {argv!r} is not an argv list")
+        argvs.append(tuple(argv))
+    return Dump(command=argvs[0], restore=argvs[1])
 
 
 @dataclass(frozen=True)

@@ -23,48 +23,192 @@ from release_phases.backup.record import (
     VolumeConfig,
     verify,
 )
-from release_phases.backup.take import Source, write_backup
+from release_phases.backup.take import DUMP_TIMEOUT, Source, Writer, dump_source
 from release_phases.errors import ReleaseError
+from release_phases.host import Host
 from release_phases.host.compose import ComposeProject
-from release_phases.host.engine import HELPER_LABEL, Engine
-from release_phases.manifest import Manifest
+from release_phases.host.engine import HELPER_LABEL
+from release_phases.host.shell import render
+from release_phases.manifest import Dump, Manifest
 
 STOPPED_STATES = frozenset({"created", "exited", "dead"})
 
 
-def restore(
-    engine: Engine,
-    manifest: Manifest,
-    project: ComposeProject,
-    root: Path,
-    stamp: str,
-) -> RestoreReport:
-    """Put a verified backup back, after archiving what stood there; verify the result."""
-    deployed = Deployed(engine, manifest, project)
-    record = verify(root, manifest.service, stamp)
-    first = deployed.first_container()
-    _preflight(deployed, record, first)
-    replaced = _set_aside(deployed, record, first)
-    undo = (
-        f"what stood there is kept in {replaced.directory}; restore stamp"
-        f" {replaced.stamp!r} to put it back"
-    )
-    actions = []
-    for entry, before in zip(record.entries, replaced.entries, strict=True):
-        try:
-            if entry.kind == "volume":
-                action = _restore_volume(deployed, record, entry, before, replaced)
+class Restore:
+    """Putting one backup back, step by step in the revert's order.
+
+    1. ``Restore(...)`` verifies the backup; nothing is touched.
+    2. ``set_aside_dump()``, while the service still runs: a fresh dump of what stands
+       there (with the command `commands` gives) into ``<stamp>/replaced-<now>/``.
+       Only now can it be taken: the service is about to stop, and once its volumes
+       are restored a dump would show the backup's data, not what stood there.
+    3. (the caller stops the service and creates its containers without starting them)
+    4. ``files()``: the volumes and paths that stand there are archived into the same
+       ``replaced-<now>/`` and its record is written, so the revert itself can be
+       undone by restoring that stamp; then they are put back and checked.
+    5. (the caller starts the service and waits until it is healthy)
+    6. ``dump()``: the backup's dump is fed on stdin to its restore command, in the
+       compose service it was taken from (`compose exec -T`: its first container).
+
+    ``abandon()`` removes a set-aside that never got its record (a failure before
+    ``files`` wrote it): half a set-aside must not look like a backup.
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        manifest: Manifest,
+        project: ComposeProject,
+        root: Path,
+        stamp: str,
+        *,
+        timeout: float = DUMP_TIMEOUT,
+    ) -> None:
+        self.deployed = Deployed(host, manifest, project)
+        self.record = verify(root, manifest.service, stamp)
+        #: Seconds the set-aside dump, and the dump's restore, may each run.
+        self.timeout = timeout
+        self._aside: Writer | None = None
+        self.replaced: BackupRecord | None = None
+
+    @property
+    def dumps(self) -> list[tuple[int, Entry]]:
+        """The record's dump entries with their numbers (places in the record)."""
+        return [(n, e) for n, e in enumerate(self.record.entries, start=1) if e.kind == "dump"]
+
+    def commands(self, entry: Entry) -> Dump:
+        """The dump's commands: the manifest's, when it declares a dump, else those recorded
+        with it. The manifest's come first so that a mistake in ``restore``, which only a
+        revert ever runs, can be fixed by a commit rather than by editing a backup."""
+        assert entry.dump is not None  # checked when the record was read
+        return self.deployed.manifest.backup.dump or entry.dump
+
+    def _writer(self) -> Writer:
+        if self._aside is None:
+            while True:
+                now = clock.stamp()
+                directory = self.record.directory / f"replaced-{now}"
+                if not directory.exists():
+                    break
+                time.sleep(0.2)
+            self._aside = Writer(
+                self.deployed,
+                directory,
+                f"{self.record.stamp}/replaced-{now}",
+                note=f"what stood there before restoring {self.record.stamp}",
+            )
+        return self._aside
+
+    def set_aside_dump(self) -> list[str]:
+        """Dump what the running service holds now, before anything stops; a line each.
+
+        A service that does not run has nothing to dump: its set-aside dump is
+        recorded absent, and the line says that no copy of it was kept.
+        """
+        lines = []
+        for number, entry in self.dumps:
+            writer = self._writer()
+            with writer.guard():
+                dump = self.commands(entry)
+                source = dump_source(self.deployed, dump, self.timeout, missing_ok=True)
+                taken = writer.add(number, source)
+            if taken.absent:
+                lines.append(
+                    f"{entry.label}: {self.deployed.service} was not running, so nothing"
+                    " could be dumped: no copy of what its restore replaces is kept"
+                )
             else:
-                action = _restore_path(record, entry, first)
-            check_restored(deployed, record, entry, first, undo)
-        except docker.errors.APIError as exc:
-            raise ReleaseError(
-                f"restore of {manifest.service} {entry.label} from {stamp} failed: {exc}",
-                untouched=undo,
-                next_command=f"fix the cause, then rerun the revert; {deployed.compose('ps')}",
-            ) from None
-        actions.append(action)
-    return RestoreReport(record=record, replaced=replaced, actions=tuple(actions))
+                lines.append(
+                    f"{entry.label}: what stands there now was dumped to"
+                    f" {writer.directory / str(taken.archive)}"
+                )
+        return lines
+
+    def files(self) -> RestoreReport:
+        """Set aside what stands in the volumes and paths, then put the backup's back."""
+        deployed, record = self.deployed, self.record
+        first = deployed.first_container()
+        writer = self._writer()
+        with writer.guard():
+            _preflight(deployed, record, first)
+            for number, entry in enumerate(record.entries, start=1):
+                if entry.kind != "dump":
+                    writer.add(number, _aside_source(deployed, entry, first))
+            replaced = writer.finish()
+        self.replaced = replaced
+        undo = self.undo
+        actions = []
+        for entry, before in zip(record.entries, replaced.entries, strict=True):
+            if entry.kind == "dump":
+                continue  # fed back by dump(), once the service runs
+            try:
+                if entry.kind == "volume":
+                    action = _restore_volume(deployed, record, entry, before, replaced)
+                else:
+                    action = _restore_path(record, entry, first)
+                check_restored(deployed, record, entry, first, undo)
+            except docker.errors.APIError as exc:
+                raise ReleaseError(
+                    f"restore of {deployed.service} {entry.label} from {record.stamp}"
+                    f" failed: {exc}",
+                    untouched=undo,
+                    next_command=(
+                        f"fix the cause, then rerun the revert; {deployed.compose('ps')}"
+                    ),
+                ) from None
+            actions.append(action)
+        return RestoreReport(record=record, replaced=replaced, actions=tuple(actions))
+
+    @property
+    def undo(self) -> str:
+        assert self.replaced is not None  # written by files()
+        return (
+            f"what stood there is kept in {self.replaced.directory}; restore stamp"
+            f" {self.replaced.stamp!r} to put it back"
+        )
+
+    def dump(self) -> list[str]:
+        """Feed each dump of the backup to its restore command in the running service.
+
+        The restore reads the file on stdin as the file is read: nothing is held in
+        memory. Its output (a line each, and its tail) goes into the report.
+        """
+        lines = []
+        for _, entry in self.dumps:
+            if entry.absent:
+                lines.append(f"{entry.label}: absent in the backup (no container ran then)")
+                continue
+            assert entry.archive is not None
+            argv = self.deployed.project.exec(entry.target, self.commands(entry).restore)
+            path = self.record.directory / entry.archive
+            result = self.deployed.host.run(
+                argv, timeout=self.timeout, check=False, stdin_from=path
+            )
+            shown = f"`{render(argv)} < {path}`"
+            if not result.ok:
+                how = (
+                    f"timed out after {result.duration:.0f}s (it may still run in the container)"
+                    if result.timed_out
+                    else f"exited {result.returncode}"
+                )
+                raise ReleaseError(
+                    f"restore of {self.deployed.service}'s dump from {self.record.stamp}"
+                    f" failed: {shown} {how}:\n{result.tail(20)}",
+                    untouched=self.undo,
+                    next_command=(
+                        f"fix the service, or backup.dump.restore in {self.deployed.source}"
+                        f" (committed); to see why, run it by hand: {render(argv)} < {path}"
+                    ),
+                    rc=result.returncode if result.returncode > 0 else 1,
+                )
+            said = result.tail(20).strip()
+            lines.append(f"{entry.label}: {shown} exited 0" + (f"\n{said}" if said else ""))
+        return lines
+
+    def abandon(self) -> None:
+        """Drop a set-aside that has no record yet (the revert failed before files())."""
+        if self._aside is not None:
+            self._aside.discard()
 
 
 def _preflight(deployed: Deployed, record: BackupRecord, first: Container | None) -> None:
@@ -84,7 +228,7 @@ def _preflight(deployed: Deployed, record: BackupRecord, first: Container | None
                     untouched=NOTHING_RESTORED,
                     next_command=f"stop them first: {deployed.compose('stop')}",
                 )
-        elif not entry.absent:
+        elif entry.kind == "path" and not entry.absent:
             if first is None:
                 raise ReleaseError(
                     f"cannot restore {deployed.service} {entry.label}: no container of"
@@ -109,31 +253,13 @@ def _preflight(deployed: Deployed, record: BackupRecord, first: Container | None
         )
 
 
-def _set_aside(deployed: Deployed, record: BackupRecord, first: Container | None) -> BackupRecord:
-    """Archive what stands there now, as a backup of its own, so the restore can be undone."""
-    while True:
-        now = clock.stamp()
-        directory = record.directory / f"replaced-{now}"
-        if not directory.exists():
-            break
-        time.sleep(0.2)
-    sources = []
-    for entry in record.entries:
-        if entry.kind == "volume":
-            volume = deployed.current_volume(entry)
-            target = volume.name if volume else entry.target
-            sources.append(Source("volume", entry.name, target, volume=volume))
-        else:
-            sources.append(
-                Source("path", entry.name, entry.target, container=first, missing_ok=True)
-            )
-    return write_backup(
-        deployed,
-        sources,
-        directory,
-        f"{record.stamp}/replaced-{now}",
-        note=f"what stood there before restoring {record.stamp}",
-    )
+def _aside_source(deployed: Deployed, entry: Entry, first: Container | None) -> Source:
+    """What stands now where ``entry`` restores to, as a source to archive."""
+    if entry.kind == "volume":
+        volume = deployed.current_volume(entry)
+        target = volume.name if volume else entry.target
+        return Source("volume", entry.name, target, volume=volume)
+    return Source("path", entry.name, entry.target, container=first, missing_ok=True)
 
 
 def _restore_volume(

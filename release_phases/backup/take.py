@@ -6,6 +6,8 @@ import json
 import posixpath
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +24,17 @@ from release_phases.backup.record import (
     BackupRecord,
     Entry,
     VolumeConfig,
+    sha256_file,
 )
 from release_phases.errors import ReleaseError
+from release_phases.host import Host
 from release_phases.host.compose import ComposeProject
-from release_phases.host.engine import Engine, project_volume, volume_create_argv
+from release_phases.host.engine import project_volume, volume_create_argv
 from release_phases.host.shell import render
-from release_phases.manifest import Manifest
+from release_phases.manifest import Dump, Manifest
+
+#: Seconds a dump may run when the caller gives no limit (release_compose_timeout's default).
+DUMP_TIMEOUT = 600.0
 
 
 @dataclass
@@ -40,17 +47,22 @@ class Source:
     volume: Volume | None = None
     container: Container | None = None
     missing_ok: bool = False  # a path missing from the container is recorded absent
+    dump: Dump | None = None
+    timeout: float = DUMP_TIMEOUT  # seconds the dump may run
 
 
 def take(
-    engine: Engine,
+    host: Host,
     manifest: Manifest,
     project: ComposeProject,
     root: Path,
     stamp: str | None = None,
+    *,
+    dump_timeout: float = DUMP_TIMEOUT,
+    note: str = "taken before a release",
 ) -> BackupRecord:
-    """Archive the service's declared volumes and paths under ``root/<service>/<stamp>``."""
-    deployed = Deployed(engine, manifest, project)
+    """Dump and archive what the service declares under ``root/<service>/<stamp>``."""
+    deployed = Deployed(host, manifest, project)
     stamp = stamp or clock.stamp()
     if not STAMP.fullmatch(stamp):
         raise ReleaseError(
@@ -59,16 +71,21 @@ def take(
             next_command="rerun without a stamp, or give one like 20240131_235959",
         )
     directory = root / manifest.service / stamp
-    sources = _plan(deployed) if not manifest.backup.empty else []
-    return write_backup(deployed, sources, directory, stamp, note="taken before a release")
+    sources = _plan(deployed, dump_timeout) if not manifest.backup.empty else []
+    return write_backup(deployed, sources, directory, stamp, note=note)
 
 
-def _plan(deployed: Deployed) -> list[Source]:
-    """Resolve every declared volume and path, failing before anything is written."""
+def _plan(deployed: Deployed, dump_timeout: float) -> list[Source]:
+    """Resolve the dump and every declared volume and path, failing before anything is
+    written. The dump comes first, so a revert's set-aside can take its own in the
+    same place of the record while the service still runs."""
     manifest = deployed.manifest
     project = deployed.project.name
     containers = deployed.containers()
     sources = []
+    dump = manifest.backup.dump
+    if dump is not None:
+        sources.append(dump_source(deployed, dump, dump_timeout))
     for key in manifest.backup.volumes:
         volume = deployed.resolve(key)
         # A missing volume is "nothing to save" only on a first release, when none of
@@ -99,6 +116,33 @@ def _plan(deployed: Deployed) -> list[Source]:
     return sources
 
 
+def dump_source(
+    deployed: Deployed, dump: Dump, timeout: float, *, missing_ok: bool = False
+) -> Source:
+    """The dump, to run in the service's first container, which must be running.
+
+    No container at all (a first release) records the dump absent, as a missing
+    volume is; so does a stopped one when ``missing_ok`` (a revert's set-aside of a
+    service that no longer runs). Otherwise a container that does not run is refused
+    here, before anything is written: `compose exec` could only fail.
+    """
+    service = deployed.project.services[0]
+    first = deployed.first_container()
+    if first is not None and first.status != "running":
+        if missing_ok:
+            first = None
+        else:
+            raise ReleaseError(
+                f"dump of {deployed.service}: `{render(dump.command)}` runs in the running"
+                f" service, but its first container {first.name} is {first.status}",
+                untouched=f"{deployed.service} and its data: no backup was written",
+                next_command=f"start it: {deployed.compose('start', service)}, then rerun",
+            )
+    return Source(
+        "dump", render(dump.command), service, container=first, dump=dump, timeout=timeout
+    )
+
+
 def _clean_path(deployed: Deployed, declared: str) -> str:
     path = posixpath.normpath(declared)
     if not path.startswith("/") or path == "/":
@@ -110,47 +154,90 @@ def _clean_path(deployed: Deployed, declared: str) -> str:
     return path
 
 
+class Writer:
+    """One backup directory being filled: archives, then SHA256SUMS, record.json last.
+
+    A directory with a record is a complete backup; until `finish` wrote it, a
+    failure inside `guard` removes the directory, so half a backup never looks like
+    one. Archives are named by their number, the entry's place in the record, so
+    entries may be added in another order than the record lists them.
+    """
+
+    def __init__(self, deployed: Deployed, directory: Path, stamp: str, *, note: str) -> None:
+        if directory.exists():
+            raise ReleaseError(
+                f"backup directory {directory} already exists",
+                untouched=f"{directory} and the service: nothing was written",
+                next_command="wait a second and rerun (stamps have one-second resolution)",
+            )
+        directory.mkdir(parents=True)
+        self.deployed = deployed
+        self.directory = directory
+        self.stamp = stamp
+        self.note = note
+        self.entries: dict[int, Entry] = {}
+        self.record: BackupRecord | None = None
+
+    def add(self, number: int, source: Source) -> Entry:
+        if source.kind == "dump":
+            # Named for the service it ran in: the command is no name for a file.
+            name = f"{number:02d}-dump-{_slug(source.target)}.dump"
+            entry = _dump(self.deployed, source, self.directory, name)
+        else:
+            name = f"{number:02d}-{source.kind}-{_slug(source.name)}.tar"
+            entry = _archive(self.deployed, source, self.directory, name)
+        self.entries[number] = entry
+        return entry
+
+    def finish(self) -> BackupRecord:
+        record = BackupRecord(
+            service=self.deployed.service,
+            stamp=self.stamp,
+            directory=self.directory,
+            entries=tuple(self.entries[n] for n in sorted(self.entries)),
+            project=self.deployed.project.name,
+            taken_at=clock.iso(),
+            note=self.note,
+        )
+        sums = "".join(f"{e.sha256}  {e.archive}\n" for e in record.archives)
+        atomic.write(self.directory / SUMS_NAME, [sums.encode()])
+        # Last: a directory with a record is a complete backup.
+        text = json.dumps(record.to_json(), indent=2) + "\n"
+        atomic.write(self.directory / RECORD_NAME, [text.encode()])
+        self.record = record
+        return record
+
+    def discard(self) -> None:
+        """Remove the directory unless it became a complete backup."""
+        if self.record is None:
+            # Only what this writer created goes: a half backup must not look like one.
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Discard the directory on any failure; name it in a Docker API error."""
+        try:
+            yield
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, docker.errors.APIError):
+                raise ReleaseError(
+                    f"backup of {self.deployed.service} into {self.directory} failed: {exc}",
+                    untouched=f"the service and its data; nothing was kept in {self.directory}",
+                    next_command=f"fix the cause, then rerun; {self.deployed.compose('ps')}",
+                ) from None
+            raise
+
+
 def write_backup(
     deployed: Deployed, sources: list[Source], directory: Path, stamp: str, *, note: str
 ) -> BackupRecord:
     """Archive ``sources`` into ``directory``; a directory with a record is complete."""
-    if directory.exists():
-        raise ReleaseError(
-            f"backup directory {directory} already exists",
-            untouched=f"{directory} and the service: nothing was written",
-            next_command="wait a second and rerun (stamps have one-second resolution)",
-        )
-    directory.mkdir(parents=True)
-    try:
-        entries = tuple(
-            _archive(deployed, source, directory, f"{i:02d}-{source.kind}-{_slug(source.name)}.tar")
-            for i, source in enumerate(sources, start=1)
-        )
-        record = BackupRecord(
-            service=deployed.service,
-            stamp=stamp,
-            directory=directory,
-            entries=entries,
-            project=deployed.project.name,
-            taken_at=clock.iso(),
-            note=note,
-        )
-        sums = "".join(f"{e.sha256}  {e.archive}\n" for e in record.archives)
-        atomic.write(directory / SUMS_NAME, [sums.encode()])
-        # Last: a directory with a record is a complete backup.
-        text = json.dumps(record.to_json(), indent=2) + "\n"
-        atomic.write(directory / RECORD_NAME, [text.encode()])
-    except BaseException as exc:
-        # Only what this call created goes: a half backup must not look like one.
-        shutil.rmtree(directory, ignore_errors=True)
-        if isinstance(exc, docker.errors.APIError):
-            raise ReleaseError(
-                f"backup of {deployed.service} into {directory} failed: {exc}",
-                untouched=f"the service and its data; nothing was kept in {directory}",
-                next_command=f"fix the cause, then rerun; {deployed.compose('ps')}",
-            ) from None
-        raise
-    return record
+    writer = Writer(deployed, directory, stamp, note=note)
+    with writer.guard():
+        for number, source in enumerate(sources, start=1):
+            writer.add(number, source)
+        return writer.finish()
 
 
 def _archive(deployed: Deployed, source: Source, directory: Path, archive: str) -> Entry:
@@ -183,6 +270,51 @@ def _archive(deployed: Deployed, source: Source, directory: Path, archive: str) 
         ) from None
     sha = atomic.write(directory / archive, chunks)
     return Entry("path", source.name, source.target, False, archive, sha, str(container.name))
+
+
+def _dump(deployed: Deployed, source: Source, directory: Path, name: str) -> Entry:
+    """Run the dump with its stdout going straight into ``directory / name``.
+
+    The dump never passes through this process: a database's dump may be larger
+    than its memory. It appears under its name only once it is complete: a dump
+    that fails, times out or writes nothing leaves no file behind.
+    """
+    dump = source.dump
+    assert dump is not None
+    container = source.container
+    if container is None:
+        return Entry("dump", source.name, source.target, absent=True, dump=dump)
+    argv = deployed.project.exec(source.target, dump.command)
+    path = directory / name
+    with atomic.replacing(path) as tmp:
+        result = deployed.host.run(argv, timeout=source.timeout, check=False, stdout_to=tmp)
+        if result.timed_out:
+            # Killing `compose exec` ends the client, not the process in the container.
+            how = f"timed out after {result.duration:.0f}s (it may still run in {container.name})"
+        elif not result.ok:
+            how = f"exited {result.returncode}"
+        elif tmp.stat().st_size == 0:
+            how = "exited 0 but wrote nothing"
+        else:
+            how = ""
+        if how:
+            stderr = result.tail(20).strip()
+            raise ReleaseError(
+                f"dump of {deployed.service} failed: `{render(argv)}` {how}"
+                + (f"; it said:\n{stderr}" if stderr else " and said nothing on stderr"),
+                untouched=(
+                    f"{deployed.service} and its data: nothing was stopped or changed;"
+                    f" no backup was kept ({directory} was removed)"
+                ),
+                next_command=(
+                    f"see why with `{render(argv)} > /dev/null`; fix the service"
+                    f" (or backup.dump.command in {deployed.source})"
+                ),
+                rc=result.returncode if result.returncode > 0 else 1,
+            )
+    sha = sha256_file(path)
+    held = str(container.name)
+    return Entry("dump", source.name, source.target, False, name, sha, held, dump=dump)
 
 
 def _require_image(deployed: Deployed, volume: str) -> str:

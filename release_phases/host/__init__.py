@@ -64,8 +64,20 @@ class Host:
         check: bool = True,
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
+        stdin_from: Path | None = None,
+        stdout_to: Path | None = None,
     ) -> Result:
-        return self.runner.run(argv, timeout=timeout, stream=stream, check=check, cwd=cwd, env=env)
+        """Run ``argv`` (see `Runner.run`; ``stdout_to`` leaves only stderr in the output)."""
+        return self.runner.run(
+            argv,
+            timeout=timeout,
+            stream=stream,
+            check=check,
+            cwd=cwd,
+            env=env,
+            stdin_from=stdin_from,
+            stdout_to=stdout_to,
+        )
 
     # -- compose, run -------------------------------------------------------------------
     def recreate(self, project: ComposeProject, *, timeout: float, stream: bool = True) -> Result:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import IO, TextIO
 
 from release_phases.errors import ReleaseError
 
@@ -93,38 +93,52 @@ class Runner:
         stream: bool = False,
         check: bool = True,
         stdin: str | None = None,
+        stdin_from: Path | None = None,
+        stdout_to: Path | None = None,
     ) -> Result:
         """Run ``argv`` with stdout and stderr merged into ``Result.output``.
+
+        ``stdin_from`` feeds a file to the command; ``stdout_to`` sends its stdout
+        into a file (created or truncated), and ``Result.output`` is then its stderr
+        alone. Both are for data too large to hold (a database dump): the bytes go
+        between the file and the command without passing through this process.
 
         On timeout the whole process group is killed and the result says
         ``timed_out`` (returncode 124). Once the command itself has exited, a
         background child still holding its output open is not waited for.
         """
+        if stdin is not None and stdin_from is not None:
+            raise ValueError("give stdin or stdin_from, not both")
         argv = [str(a) for a in argv]
         full_env = None if env is None else {**os.environ, **env}
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=full_env,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with contextlib.ExitStack() as files:
+            source = files.enter_context(stdin_from.open("rb")) if stdin_from else None
+            sink = files.enter_context(stdout_to.open("wb")) if stdout_to else None
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=full_env,
+                stdin=source or (subprocess.PIPE if stdin is not None else subprocess.DEVNULL),
+                stdout=sink or subprocess.PIPE,
+                stderr=subprocess.PIPE if sink else subprocess.STDOUT,
+                start_new_session=True,
+            )
+        # The child holds its own copies of the files; ours are closed above.
         if stdin is not None:
             _feed(proc, stdin)
+        pipe = proc.stderr if sink else proc.stdout
+        assert pipe is not None
         output = _Output(echo=(self.stream_to or sys.__stderr__) if stream else None)
         try:
-            finished = _collect(proc, output, deadline)
+            finished = _collect(proc, pipe, output, deadline)
         finally:
             if proc.returncode is None:  # timed out, or interrupted (Ctrl-C)
                 _kill_group(proc)
-                _drain(proc, output)
+                _drain(pipe, output)
                 proc.wait()
-            assert proc.stdout is not None
-            proc.stdout.close()
+            pipe.close()
         result = Result(
             argv=argv,
             returncode=proc.returncode if finished else 124,
@@ -226,16 +240,17 @@ def _read(fd: int, timeout: float) -> bytes | None:
     return os.read(fd, 65536) if poller.poll(max(timeout, 0) * 1000) else None
 
 
-def _collect(proc: subprocess.Popen[bytes], output: _Output, deadline: float | None) -> bool:
-    """Read output until the command is done; False when the deadline passed first.
+def _collect(
+    proc: subprocess.Popen[bytes], pipe: IO[bytes], output: _Output, deadline: float | None
+) -> bool:
+    """Read ``pipe`` until the command is done; False when the deadline passed first.
 
     Takes whatever bytes are there (never waits for a whole line), so a partial
     line is shown at once and cannot hold the loop past the deadline. Once the
     command has exited, reading stops when the pipe closes or stays quiet for
     ``_GRACE`` (a background child may hold it open for ever).
     """
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
+    fd = pipe.fileno()
     quiet_since = time.monotonic()
     while True:
         now = time.monotonic()
@@ -257,10 +272,9 @@ def _collect(proc: subprocess.Popen[bytes], output: _Output, deadline: float | N
     return True
 
 
-def _drain(proc: subprocess.Popen[bytes], output: _Output) -> None:
+def _drain(pipe: IO[bytes], output: _Output) -> None:
     """After a kill: take the output still in the pipe, for at most ``_GRACE``."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
+    fd = pipe.fileno()
     until = time.monotonic() + _GRACE
     while (left := until - time.monotonic()) > 0:
         data = _read(fd, left)

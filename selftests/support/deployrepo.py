@@ -38,6 +38,8 @@ class Service:
     health: dict[str, object] | None = None
     #: Merged into every compose service of the package (healthcheck:, deploy: ...).
     compose: dict[str, object] = field(default_factory=dict)
+    #: The manifest's backup: section; None: `volumes` and `paths`, when there are any.
+    backup: dict[str, object] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -94,7 +96,9 @@ class DeployRepo:
         }
         if svc.containers:
             manifest["containers"] = list(svc.containers)
-        if svc.volumes or svc.paths:
+        if svc.backup is not None:
+            manifest["backup"] = svc.backup
+        elif svc.volumes or svc.paths:
             manifest["backup"] = {"volumes": list(svc.volumes), "paths": list(svc.paths)}
         manifest.update(extra_manifest or {})
         (pkg / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))

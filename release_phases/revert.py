@@ -204,7 +204,7 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     if restoring is not None:
         _set_aside_dump(ctx, service, restoring, step)
     try:
-        _recreate_stopped(ctx, project, step)
+        _recreate_stopped(ctx, service, project, step)
         if restoring is not None:
             _restore_files(service, restoring, step)
         else:
@@ -214,7 +214,13 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
             restoring.abandon()
         raise
     start = project.start()
-    started = ctx.host.run(start, timeout=ctx.options.compose_timeout)
+    with _worded(
+        "compose-start",
+        untouched=f"{service}: created at the reverted code with its data restored, not "
+        "started",
+        then=ctx.options.command(),
+    ):
+        started = ctx.host.run(start, timeout=ctx.options.compose_timeout)
     step.detail("compose start", f"$ {render(start)}\n{started.output}")
     _wait_healthy(ctx, manifest, project, step, f"{service} is back at the old code")
     if restoring is not None and restoring.dumps:
@@ -271,7 +277,7 @@ def _worded(step: str, *, untouched: str = "", before: str = "", then: str = "")
         exc.step = step
         exc.untouched = "; ".join(p for p in (before, untouched or exc.untouched) if p)
         if then:
-            exc.next_command = f"{exc.next_command}; then {then}"
+            exc.next_command = f"{exc.next_command}; then {then}" if exc.next_command else then
         raise
 
 
@@ -286,14 +292,27 @@ def _set_aside_dump(
         step.detail("set aside before stopping (so the revert can be undone)", "\n".join(lines))
 
 
-def _recreate_stopped(ctx: ReleaseContext, project: ComposeProject, step: Step) -> None:
+def _recreate_stopped(
+    ctx: ReleaseContext, service: str, project: ComposeProject, step: Step
+) -> None:
     """Stop the service, then recreate its containers at the reverted code, not started."""
     timeout = ctx.options.compose_timeout
+    again = ctx.options.command()
     stop = project.stop()
-    stopped = ctx.host.run(stop, timeout=timeout)
+    with _worded(
+        "compose-stop",
+        untouched=f"{service}: its data; its containers may be partly stopped",
+        then=again,
+    ):
+        stopped = ctx.host.run(stop, timeout=timeout)
     step.detail("compose stop", f"$ {render(stop)}\n{stopped.output}")
     create = project.up(start=False)
-    created = ctx.host.run(create, timeout=timeout, stream=True)
+    with _worded(
+        "compose-create",
+        untouched=f"{service}: stopped, its data not yet restored (nothing was lost)",
+        then=again,
+    ):
+        created = ctx.host.run(create, timeout=timeout, stream=True)
     step.detail("compose up --no-start", f"$ {render(create)}\n{created.output}")
 
 

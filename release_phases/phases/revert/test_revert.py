@@ -2,7 +2,7 @@
 
 import pytest
 
-from release_phases import revert, verify
+from release_phases import probing, revert, verify
 from release_phases.context import ReleaseContext
 from release_phases.steps import Step
 
@@ -48,5 +48,5 @@ def test_reverted_health(release: ReleaseContext, step: Step, service: str) -> N
     if not (release.repo / "packages" / service / "manifest.yaml").exists():
         pytest.skip(f"{service} did not exist before the release")
     check, result = verify.health_of(release, service)
-    step.detail("health probes", result.summary)
+    step.detail("health probes", probing.probe_table(result))
     check.require()

@@ -78,8 +78,14 @@ class Stack:
         )  # fmt: skip
 
     def pg_dump(self) -> str:
-        """The whole database, schema and data (sequence values included)."""
-        return _run(["docker", "exec", self.db_container, "pg_dump", "-U", "app", "app"])
+        """The whole database, schema and data (sequence values included), without the
+        random key pg_dump puts in every dump (`\\restrict KEY` ... `\\unrestrict KEY`)."""
+        dump = _run(["docker", "exec", self.db_container, "pg_dump", "-U", "app", "app"])
+        return "".join(
+            line
+            for line in dump.splitlines(keepends=True)
+            if not line.startswith(("\\restrict ", "\\unrestrict "))
+        )
 
     def items(self) -> str:
         return httpx.get(f"http://127.0.0.1:{self.app_port}/items", timeout=10).text

@@ -20,6 +20,16 @@ def write(path: Path, chunks: Iterable[bytes]) -> str:
     return digest.hexdigest()
 
 
+def private_dir(path: Path) -> Path:
+    """Make `path` and any missing parent readable by its owner only (0700): backups
+    and reports hold production data."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700)
+        directory.chmod(0o700)  # whatever the umask says
+    return path
+
+
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
     """A temporary file next to ``path`` to fill in the block; it becomes ``path`` only

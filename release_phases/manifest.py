@@ -110,6 +110,15 @@ class Manifest:
     source: str = ""
 
 
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load`; a document nested too deep for its recursive parser is a YAML
+    error like any other, not a RecursionError that ends the run with a traceback."""
+    try:
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise yaml.YAMLError("it is nested too deeply to be read") from None
+
+
 class _Reader:
     """Typed access to a YAML mapping that reports `file: key` on any mistake."""
 
@@ -175,7 +184,7 @@ def parse(
             return (package_dir / name).is_file()
 
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(
             f"invalid manifest {source}: not valid YAML: {exc}",

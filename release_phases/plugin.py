@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from release_phases import PHASES, selection
+from release_phases import PHASES, atomic, selection
 from release_phases.errors import ConfigError, ReleaseError
 from release_phases.ledger import Failure, Ledger, dependencies
 from release_phases.options import Options, validate_branch, validate_sha, validate_ticket
@@ -214,6 +214,8 @@ def pytest_configure(config: pytest.Config) -> None:
         from release_phases import clock
 
         name = f"{ctx.ticket}-{mode}-{clock.stamp()}.html"
+        # The report quotes logs and outputs of production services: owner only.
+        atomic.private_dir(ctx.paths.reports)
         config.option.htmlpath = str(ctx.paths.reports / name)
         config.option.self_contained_html = True
     ledger = Ledger(phases=ctx.phases, start_phase=ctx.plan.start_phase)
@@ -233,6 +235,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     ctx = config.stash.get(CONTEXT, None)
+    html = config.getoption("htmlpath", None)
+    if ctx is not None and html and Path(html).exists():
+        Path(html).chmod(0o600)  # pytest-html wrote it with the umask's mode
     if ctx is not None and ctx.plan.e2e_snapshot is not None:
         shutil.rmtree(ctx.plan.e2e_snapshot, ignore_errors=True)
 

@@ -118,3 +118,17 @@ backup:
     assert m.backup.when == "prepare" and not m.backup.when_stopped and not m.backup.empty
     stopped = _load(tmp_path / "b", GOOD + "backup: {volumes: [data], when: stopped}\n")
     assert stopped.backup.when_stopped
+
+
+def test_a_manifest_nested_too_deep_is_a_yaml_error_not_a_crash(tmp_path):
+    with pytest.raises(ConfigError, match=r"not valid YAML: it is nested too deeply"):
+        _load(tmp_path, "image: " + "[" * 1500 + "]" * 1500 + "\n")
+
+
+def test_a_compose_file_nested_too_deep_is_refused(tmp_path):
+    from release_phases.host.compose import project_name
+
+    deep = tmp_path / "compose.yaml"
+    deep.write_text("services: " + "{a: " * 1500 + "1" + "}" * 1500 + "\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML: it is nested too deeply"):
+        project_name(deep)

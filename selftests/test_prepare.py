@@ -332,3 +332,17 @@ def test_a_service_the_release_removes_is_named_in_the_plan(deploy, make_service
     assert run.rc == 0, run
     assert "services: api" in run.output, run
     assert "removed by this release, left running (stop them by hand): web" in run.output
+
+
+def test_backups_reports_state_and_log_are_readable_by_their_owner_only(deploy, two_services):
+    run = engine.run(deploy.prod, "1234")
+    assert run.rc == 0, run
+    backups = deploy.prod / ".asd/workspace/backups"
+    stamp_dir = backups / "web" / run.state.backups["web"]
+    for directory in (backups, backups / "web", stamp_dir, deploy.prod / "reports"):
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
+    files = [*stamp_dir.iterdir(), run.state_path, run.log_path]
+    files += list((deploy.prod / "reports").glob("1234-release-*.html"))
+    assert any(f.name.endswith(".tar") for f in files), files
+    for path in files:
+        assert path.stat().st_mode & 0o777 == 0o600, path

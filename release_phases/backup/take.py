@@ -170,7 +170,7 @@ class Writer:
                 untouched=f"{directory} and the service: nothing was written",
                 next_command="wait a second and rerun (stamps have one-second resolution)",
             )
-        directory.mkdir(parents=True)
+        atomic.private_dir(directory)
         self.deployed = deployed
         self.directory = directory
         self.stamp = stamp

@@ -26,7 +26,7 @@ import yaml
 
 from release_phases.errors import ConfigError, ReleaseError
 from release_phases.host.shell import DEFAULT, Argv, Runner, render
-from release_phases.manifest import Manifest
+from release_phases.manifest import Manifest, load_yaml
 
 OVERRIDE_ENV = "RELEASE_PHASES_COMPOSE"
 LOG_TAIL = 200
@@ -195,7 +195,7 @@ def project_name(compose_file: Path, text: str | None = None) -> str:
     (a commit's version of it); the name of its directory still counts.
     """
     try:
-        data = yaml.safe_load(compose_file.read_text() if text is None else text)
+        data = load_yaml(compose_file.read_text() if text is None else text)
     except OSError as exc:
         raise ConfigError(f"cannot read {compose_file}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

@@ -33,6 +33,10 @@ class Plan:
     start_phase: str
     base_sha: str = ""
     incoming_sha: str = ""
+    #: HEAD when the run was planned: prepare refuses to pull if it moved since.
+    head_sha: str = ""
+    #: A prepare an earlier run left unfinished after its pull, resumed from its BASE_SHA.
+    resumes_prepare: bool = False
     services: tuple[str, ...] = ()
     manifests: Mapping[str, Manifest] = field(default_factory=dict)
     ticket_scripts: tuple[str, ...] = ()
@@ -49,6 +53,11 @@ class Plan:
 
     def describe(self) -> list[str]:
         lines = [f"start phase: {self.start_phase}"]
+        if self.resumes_prepare:
+            lines.append(
+                "resuming the prepare an earlier run left unfinished after its pull "
+                "(BASE_SHA from the state file; the backups are taken again)"
+            )
         if self.base_sha:
             lines.append(f"BASE_SHA {self.base_sha}  ->  incoming {self.incoming_sha or '?'}")
         lines.append(f"services: {' '.join(self.services) or '(none)'}")
@@ -129,6 +138,17 @@ def refuse_released_again(
         )
 
 
+def interrupted_after_pull(found: State | None, head: str, git: Git) -> bool:
+    """An earlier run of this ticket pulled (HEAD is its MERGE_SHA) and stopped before
+    prepare was done (killed, Ctrl-C, a failed backup). Planned plainly again, it would
+    find nothing to pull: it goes on from that run's BASE_SHA instead."""
+    if found is None or found.phase != "prepare" or found.done("prepare"):
+        return False
+    if not found.base_sha or found.merge_sha != head or found.base_sha == head:
+        return False
+    return git.is_ancestor(found.base_sha, head)
+
+
 def plan_fresh(options: Options, git: Git, paths: Paths, found: State | None) -> Plan:
     """Plan a release from prepare: what origin/BRANCH would bring in."""
     refuse_fresh_over(options, paths, found)
@@ -143,6 +163,11 @@ def plan_fresh(options: Options, git: Git, paths: Paths, found: State | None) ->
         base = resolved
     else:
         base = git.head()
+    head = base if not options.base_sha else git.head()
+    resumes = not options.base_sha and interrupted_after_pull(found, head, git)
+    if resumes:
+        assert found is not None
+        base = found.base_sha
     try:
         git.fetch()
     except ReleaseError as exc:
@@ -151,7 +176,7 @@ def plan_fresh(options: Options, git: Git, paths: Paths, found: State | None) ->
             untouched="everything: nothing was pulled, backed up or restarted",
             next_command="check the network and `git remote -v`, then rerun " + options.command(),
         )
-        return Plan(start_phase="prepare", base_sha=base, problem=problem)
+        return Plan(start_phase="prepare", base_sha=base, head_sha=head, problem=problem)
     incoming = git.resolve(f"origin/{options.branch}")
     if incoming is None:
         raise ConfigError(
@@ -170,6 +195,8 @@ def plan_fresh(options: Options, git: Git, paths: Paths, found: State | None) ->
         start_phase="prepare",
         base_sha=base,
         incoming_sha=incoming,
+        head_sha=head,
+        resumes_prepare=resumes,
         services=tuple(manifests),
         manifests=manifests,
         ticket_scripts=ticket_scripts,

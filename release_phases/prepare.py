@@ -65,11 +65,11 @@ def pull(ctx: ReleaseContext) -> Pulled:
             next_command="find the HEAD from before the pull with `git reflog`, then "
             + opts.command("--base-sha <that sha>"),
         )
-    if not opts.base_sha and head != base:
+    if head != ctx.plan.head_sha:
         # Another release pulled between this run's plan and its lock: what this run
         # planned to release is no longer what a pull would bring.
         raise ReleaseError(
-            f"HEAD moved from {base} to {head} while this run was being planned "
+            f"HEAD moved from {ctx.plan.head_sha} to {head} while this run was being planned "
             "(another release ran meanwhile?)",
             untouched=NOTHING_CHANGED,
             next_command="see what that release did (.asd/workspace/releases/*.log), then "

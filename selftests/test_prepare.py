@@ -346,3 +346,33 @@ def test_backups_reports_state_and_log_are_readable_by_their_owner_only(deploy, 
     assert any(f.name.endswith(".tar") for f in files), files
     for path in files:
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_a_plain_rerun_resumes_a_prepare_that_stopped_after_its_pull(deploy, make_service):
+    """The backup fails after the pull (a declared volume does not exist): once the cause
+    is fixed, running the same command again goes on from BASE_SHA, and says so."""
+    web = make_service("web")
+    deploy.write_service(web, extra_manifest={"backup": {"volumes": ["data"]}})
+    deploy.commit("web declares a volume its compose file lacks")
+    deploy.push()
+    deploy.clone_prod()
+    up(deploy, web)
+    base = deploy.prod_repo.head.commit.hexsha
+    deploy.write("packages/web/notes.txt", "changed\n")
+    deploy.merge_feature("feature/41", "touch web")
+
+    failed = engine.run(deploy.prod, "41")
+    assert failed.rc == 1, failed
+    assert "volume 'data' does not exist" in failed.output, failed
+    assert (failed.state.phase, failed.state.phase_status) == ("prepare", "failed")
+    assert failed.state.base_sha == base and failed.state.merge_sha != base
+    create = re.search(r"create it first: (docker volume create \S+ \S+ \S+)", failed.output)
+    assert create, failed
+    subprocess.run(create[1].split(), check=True, capture_output=True)  # the fix it names
+
+    again = engine.run(deploy.prod, "41")
+    assert again.rc == 0, again
+    assert "resuming the prepare an earlier run left unfinished" in again.output, again
+    assert again.state.base_sha == base, "BASE_SHA is the state file's, not HEAD"
+    assert again.state.services == ["web"]
+    assert (again.state.phase, again.state.phase_status) == ("verify", "done")

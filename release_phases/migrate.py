@@ -217,16 +217,8 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
     manifest = ctx.manifest(service)
     project = ctx.project(manifest)
     resume = ctx.options.command("--from=migrate")
-    absent, pulled = absent_images(ctx, project)
-    if pulled:
-        step.detail("compose pull", pulled)
-    if absent:
-        raise ReleaseError(
-            f"{service}: image {', '.join(absent)} is not present on this host",
-            untouched=f"{service}'s containers: nothing was recreated",
-            next_command=f"build or `docker load` the image, then {resume}",
-            step="images",
-        )
+    # Its images were built, pulled or found by the readiness step, which every
+    # migrate runs first (the phase is only ever selected whole).
     _run_hooks(ctx, manifest, PRE_HOOKS, step)
     backup_stopped(ctx, service, project, step)
     argv = project.up()

@@ -38,7 +38,6 @@ class Plan:
     #: A prepare an earlier run left unfinished after its pull, resumed from its BASE_SHA.
     resumes_prepare: bool = False
     services: tuple[str, ...] = ()
-    manifests: Mapping[str, Manifest] = field(default_factory=dict)
     ticket_scripts: tuple[str, ...] = ()
     #: Services whose manifest this release deletes: not released, left running.
     removed: tuple[str, ...] = ()
@@ -198,7 +197,6 @@ def plan_fresh(options: Options, git: Git, paths: Paths, found: State | None) ->
         head_sha=head,
         resumes_prepare=resumes,
         services=tuple(manifests),
-        manifests=manifests,
         ticket_scripts=ticket_scripts,
         removed=tuple(removed),
         e2e=e2e,
@@ -299,7 +297,6 @@ def plan_resume(options: Options, start_phase: str, paths: Paths, found: State |
         base_sha=saved.base_sha,
         incoming_sha=saved.merge_sha,
         services=tuple(saved.services),
-        manifests=manifests,
         ticket_scripts=tuple(s.name for s in scripts.find_ticket_scripts(paths.repo, ticket)),
     )
 

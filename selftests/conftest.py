@@ -19,6 +19,9 @@ from selftests.support import debian
 from selftests.support.deployrepo import DeployRepo, Service, free_port
 from selftests.support.images import LABEL, ImageSpec, build
 
+# The reliability suite's marker, --full and --reliability-doc.
+pytest_plugins = ["selftests.support.reliability"]
+
 RUN_ID = uuid.uuid4().hex[:8]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,6 +25,7 @@ def _engine(error: Exception) -> Engine:
     return engine
 
 
+@pytest.mark.reliability("fault", "the Docker Engine does not answer an SDK query")
 @pytest.mark.parametrize(
     "error",
     [docker.errors.APIError("500 Server Error"), requests.exceptions.ConnectionError("refused")],

@@ -10,6 +10,7 @@ from release_phases.errors import ConfigError
 from release_phases.journal import Journal, Paths
 
 
+@pytest.mark.reliability("fault", "the state file changed by hand between planning and the lock")
 def test_a_state_file_changed_since_planning_is_refused_and_the_lock_let_go(tmp_path):
     paths = Paths(tmp_path, "7")
     journal = Journal(paths, paths.found_state(), branch="main")  # planned: no state file

@@ -64,6 +64,7 @@ def test_a_run_that_died_holding_the_lock_leaves_it_stale_and_taken_over(tmp_pat
     assert lock.read(path) is None, "released: the file says nobody holds it"
 
 
+@pytest.mark.reliability("fault", "a lock file cut short by a crash is stale")
 def test_a_lock_file_cut_short_by_a_crash_is_stale(tmp_path):
     path = tmp_path / ".lock"
     path.write_text('{"ticket": "9", "pi')
@@ -83,6 +84,7 @@ def test_the_same_process_cannot_take_it_twice(tmp_path):
     lock.release(lock.acquire(path, "2"))
 
 
+@pytest.mark.reliability("fault", "many processes take the lock at once: exactly one wins")
 def test_of_many_contenders_exactly_one_wins(tmp_path):
     path = tmp_path / ".lock"
     procs = [

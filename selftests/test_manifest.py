@@ -88,12 +88,14 @@ health:
 
 
 
+@pytest.mark.reliability("bad input", "a compose_file outside the package")
 @pytest.mark.parametrize("name", ["../other/compose.yaml", "/etc/compose.yaml"])
 def test_a_compose_file_outside_the_package_is_refused(tmp_path, name):
     with pytest.raises(ConfigError, match=r"compose_file must be a path inside the package"):
         _load(tmp_path, GOOD + f"compose_file: {name}\n")
 
 
+@pytest.mark.reliability("bad input", "a compose file that is a symlink out of the package")
 def test_a_compose_file_that_links_out_of_the_package_is_refused(tmp_path):
     outside = tmp_path / "elsewhere.yaml"
     outside.write_text("services: {}\n")
@@ -120,11 +122,13 @@ backup:
     assert stopped.backup.when_stopped
 
 
+@pytest.mark.reliability("bad input", "a manifest nested 1,500 brackets deep")
 def test_a_manifest_nested_too_deep_is_a_yaml_error_not_a_crash(tmp_path):
     with pytest.raises(ConfigError, match=r"not valid YAML: it is nested too deeply"):
         _load(tmp_path, "image: " + "[" * 1500 + "]" * 1500 + "\n")
 
 
+@pytest.mark.reliability("bad input", "a compose file nested too deep")
 def test_a_compose_file_nested_too_deep_is_refused(tmp_path):
     from release_phases.host.compose import project_name
 

@@ -20,6 +20,7 @@ def test_branch_names_git_takes(branch):
     assert validate_branch(branch) == branch
 
 
+@pytest.mark.reliability("bad input", "a branch name that is an option or an expression")
 @pytest.mark.parametrize(
     "branch",
     ["-x", "--upload-pack=touch pwned", "a..b", "a b", "x;id", "main@{1}", "a/", "a.lock",
@@ -35,6 +36,7 @@ def test_shas(sha):
     assert validate_sha(sha) == sha
 
 
+@pytest.mark.reliability("bad input", "a --base-sha that is not a sha")
 @pytest.mark.parametrize("sha", ["HEAD~1", "main", "abc", "a" * 41, "ABC1234", "abc1234;id"])
 def test_a_base_sha_must_be_a_sha(sha):
     with pytest.raises(ConfigError, match=r"--base-sha .* is not a commit sha"):
@@ -46,6 +48,7 @@ def test_service_names(name):
     assert validate_service(name, "packages/x/manifest.yaml") == name
 
 
+@pytest.mark.reliability("bad input", "a package directory that is no service name")
 @pytest.mark.parametrize("name", ["x;touch${IFS}pwned", "-web", ".web", "a b", "a" * 65])
 def test_a_package_dir_that_is_no_service_name_is_refused(name):
     with pytest.raises(ConfigError, match=r"packages/x/manifest\.yaml: .* is not a service name"):

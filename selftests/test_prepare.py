@@ -148,6 +148,7 @@ def test_bad_ticket_ids_are_refused_writing_nothing(deploy, ticket):
     assert _tree_snapshot(deploy) == before
 
 
+@pytest.mark.reliability("bad input", "names that are shell commands (service dir, ticket, branch, --base-sha) run nothing")
 def test_hostile_names_run_nothing(deploy, make_service, tmp_path):
     """No command is a string given to a shell: a name that is one runs nothing."""
     web_on_prod(deploy, make_service)
@@ -300,6 +301,7 @@ def test_a_release_that_adds_a_volume_backs_up_what_was_declared_before(
     assert '"nothing_declared": true' in (record / "record.json").read_text()
 
 
+@pytest.mark.reliability("fault", "two releases started in the same instant: exactly one runs")
 def test_two_releases_started_together_one_runs_the_other_is_refused(deploy, make_service):
     """Exactly one runs: the lock, or the HEAD the winner moved, stops the other. (Their
     fetches collide only sometimes here; test_gitops holds a ref lock to test that.)"""
@@ -348,6 +350,7 @@ def test_backups_reports_state_and_log_are_readable_by_their_owner_only(deploy, 
         assert path.stat().st_mode & 0o777 == 0o600, path
 
 
+@pytest.mark.reliability("fault", "prepare stopped after its pull: a plain rerun resumes it")
 def test_a_plain_rerun_resumes_a_prepare_that_stopped_after_its_pull(deploy, make_service):
     """The backup fails after the pull (a declared volume does not exist): once the cause
     is fixed, running the same command again goes on from BASE_SHA, and says so."""

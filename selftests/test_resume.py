@@ -127,6 +127,7 @@ def test_a_fresh_release_over_one_in_progress_is_refused(deploy, make_service):
         assert failed.state_path.read_text() == before
 
 
+@pytest.mark.reliability("bad input", "a completed release run again with nothing new")
 def test_a_completed_release_run_again_with_nothing_new_says_so_and_writes_nothing(
     deploy, released
 ):

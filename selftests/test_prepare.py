@@ -148,7 +148,10 @@ def test_bad_ticket_ids_are_refused_writing_nothing(deploy, ticket):
     assert _tree_snapshot(deploy) == before
 
 
-@pytest.mark.reliability("bad input", "names that are shell commands (service dir, ticket, branch, --base-sha) run nothing")
+@pytest.mark.reliability(
+    "bad input",
+    "names that are shell commands (service dir, ticket, branch, --base-sha) run nothing",
+)
 def test_hostile_names_run_nothing(deploy, make_service, tmp_path):
     """No command is a string given to a shell: a name that is one runs nothing."""
     web_on_prod(deploy, make_service)

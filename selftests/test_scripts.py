@@ -352,7 +352,9 @@ def test_preflight_passes_when_every_runtime_is_installed(repo: Path) -> None:
     assert preflight(found) is None
 
 
-@pytest.mark.reliability("bad input", "a hook or ticket script that is a symlink out of the repository")
+@pytest.mark.reliability(
+    "bad input", "a hook or ticket script that is a symlink out of the repository"
+)
 def test_a_hook_or_ticket_script_that_links_out_of_the_repo_is_refused(tmp_path):
     outside = tmp_path / "outside.sh"
     outside.write_text("echo I was not reviewed\n")

@@ -31,7 +31,10 @@ def _sleepers() -> list[str]:
     return found.stdout.split()
 
 
-@pytest.mark.reliability("signal", "a signal during a hanging ticket script: stop, log, write state, free the lock, kill its processes")
+@pytest.mark.reliability(
+    "signal",
+    "a signal during a hanging ticket script: stop, log, save, unlock, end its processes",
+)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_the_run_logs_it_and_kills_the_scripts_processes(
     deploy, make_service, signum

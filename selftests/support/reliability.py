@@ -125,7 +125,12 @@ def render(cases: list[Case], *, full: bool) -> str:
     totals: Counter[tuple[str, str]] = Counter()
     for case in cases:
         totals[case.kind, case.outcome] += 1
-    lines += ["## Totals", "", "| kind | tried | passed | failed | skipped |", "|---|---|---|---|---|"]
+    lines += [
+        "## Totals",
+        "",
+        "| kind | tried | passed | failed | skipped |",
+        "|---|---|---|---|---|",
+    ]
     for kind, (title, _) in KINDS.items():
         tried = sum(n for (k, _), n in totals.items() if k == kind)
         if tried:

@@ -1,0 +1,60 @@
+"""Run every benchmark and print one table: `python3 -m bench [--quick]`.
+
+Each figure is a median over several runs, and each speed figure is a ratio against
+a baseline measured in the same run on the same machine (never an absolute target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+from bench import health_latency, release
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python3 -m bench", description=__doc__)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer sizes and rounds: keeps the scripts working (CI)",
+    )
+    quick = parser.parse_args().quick
+    sizes, rounds, waits = ((1, 5), 1, 10) if quick else ((1, 5, 10), 3, 30)
+    began = time.perf_counter()
+    rows: list[tuple[str, str, str, str]] = []
+    for n in sizes:
+        r = release.measure(n, rounds)
+        rows.append(
+            (
+                f"release of {n} service(s): engine / bash",
+                f"{r['engine_s']:.2f} s / {r['bash_s']:.2f} s",
+                f"{r['ratio']:.2f}x",
+                "<= 1.05 at 5 and 10",
+            )
+        )
+    h = health_latency.measure(waits)
+    rows.append(
+        (
+            "health detection latency (median, max)",
+            f"{h['median_ms']:.0f} ms, {h['max_ms']:.0f} ms",
+            "",
+            "median <= 100 ms",
+        )
+    )
+    print(
+        f"\n{'quick' if quick else 'full'} mode, {platform.node()}: {os.cpu_count()} cores,"
+        f" Python {platform.python_version()}, {rounds} round(s) per release size\n"
+    )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    header = ("benchmark", "measured", "ratio", "target")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    for row in (header, tuple("-" * w for w in widths), *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print(f"\n(took {time.perf_counter() - began:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -33,6 +33,10 @@ def _engine(world: World, ticket: str) -> float:
         f"release_stop_timeout={STOP_TIMEOUT}",
         "-o",
         "release_pull=false",
+        # The engine as a deploy host runs it: without the dev extras' hypothesis plugin
+        # (selftests/support/engine.py says why).
+        "-p",
+        "no:hypothesispytest",
     ]
     began = time.perf_counter()
     done = subprocess.run(argv, cwd=world.deploy.prod, capture_output=True, text=True)

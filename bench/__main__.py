@@ -11,7 +11,7 @@ import os
 import platform
 import time
 
-from bench import health_latency, release
+from bench import health_latency, prepare_scale, release
 
 
 def main() -> None:
@@ -23,6 +23,7 @@ def main() -> None:
     )
     quick = parser.parse_args().quick
     sizes, rounds, waits = ((1, 5), 1, 10) if quick else ((1, 5, 10), 3, 30)
+    scales = ((500, 2_000),) if quick else ((50, 20_000), (500, 20_000), (2_000, 20_000))
     began = time.perf_counter()
     rows: list[tuple[str, str, str, str]] = []
     for n in sizes:
@@ -33,6 +34,16 @@ def main() -> None:
                 f"{r['engine_s']:.2f} s / {r['bash_s']:.2f} s",
                 f"{r['ratio']:.2f}x",
                 "<= 1.05 at 5 and 10",
+            )
+        )
+    for packages, commits in scales:
+        p = prepare_scale.measure(packages, commits, 3)
+        rows.append(
+            (
+                f"plan of 50 changed services, {packages} packages, {commits} commits",
+                f"{p['plan_s']:.2f} s (git diff alone {p['diff_s'] * 1000:.0f} ms)",
+                f"{p['ratio']:.0f}x",
+                "<= 1 s",
             )
         )
     h = health_latency.measure(waits)

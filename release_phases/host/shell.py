@@ -151,25 +151,33 @@ class Runner:
             raise CommandFailed(result)
         return result
 
-    def read(self, argv: Argv, *, timeout: float, cwd: Path | str | None = None) -> Read:
+    def read(
+        self,
+        argv: Argv,
+        *,
+        timeout: float,
+        cwd: Path | str | None = None,
+        stdin: bytes | None = None,
+    ) -> Read:
         """Run a short query for its exact stdout (bytes), stderr kept apart.
 
         For reads whose output is data (a file's bytes at a commit), not text for
-        an operator: nothing is merged, decoded or streamed. On timeout the whole
-        process group is killed and the read says ``timed_out``.
+        an operator: nothing is merged, decoded or streamed. ``stdin``, when given,
+        is the query's input (a batch of questions). On timeout the whole process
+        group is killed and the read says ``timed_out``.
         """
         argv = [str(a) for a in argv]
         start = time.monotonic()
         proc = subprocess.Popen(
             argv,
             cwd=cwd,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
         try:
-            out, err = proc.communicate(timeout=timeout)
+            out, err = proc.communicate(stdin, timeout=timeout)
             timed_out = False
         except subprocess.TimeoutExpired:
             _kill_group(proc)

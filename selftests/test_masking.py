@@ -1,8 +1,11 @@
-"""Masking secrets: which values are secret, and how text is masked, whole or streamed."""
+"""Masking secrets: which values are secret, how text is masked (whole or streamed),
+and the places where text leaves the engine masking it."""
 
 from __future__ import annotations
 
+import io
 import itertools
+import sys
 import textwrap
 from pathlib import Path
 
@@ -10,8 +13,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from release_phases import masking
+from release_phases import eventlog, masking, plugin, report
+from release_phases.errors import ReleaseError
+from release_phases.host.shell import CommandFailed, Runner
 from release_phases.masking import MASK, Secrets
+from release_phases.state import State
+
+
+@pytest.fixture
+def known():
+    """The run's secrets, as a test sets them; emptied again afterwards."""
+    masking.KNOWN.clear()
+    yield masking.KNOWN
+    masking.KNOWN.clear()
 
 
 @pytest.mark.parametrize(
@@ -157,3 +171,85 @@ def test_streamed_pieces_mask_exactly_as_the_whole_text(text: str, cuts: list[in
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
     pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
     assert _streamed(secrets, pieces)[0] == secrets.mask(text)
+
+
+def test_the_runner_echoes_masked_output_but_runs_with_and_keeps_the_real_value() -> None:
+    sink = io.StringIO()
+    runner = Runner(stream_to=sink, secrets=Secrets(["hunter2-very-secret"]))
+    code = "import sys; print('pw=' + sys.argv[1], flush=True)"
+    result = runner.run([sys.executable, "-c", code, "hunter2-very-secret"], stream=True)
+    assert sink.getvalue() == f"pw={MASK}\n"
+    assert result.output == "pw=hunter2-very-secret\n", "callers parse the real output"
+    assert result.argv[-1] == "hunter2-very-secret"
+
+
+def test_an_error_quoting_a_command_and_its_output_is_masked(known: Secrets) -> None:
+    known.add(["hunter2-very-secret"])
+    code = "import sys; print('login with', sys.argv[1]); sys.exit(3)"
+    with pytest.raises(CommandFailed) as failed:
+        Runner().run([sys.executable, "-c", code, "hunter2-very-secret"])
+    message = str(failed.value)
+    assert "hunter2-very-secret" not in message
+    assert f"login with {MASK}" in message
+    assert message.count(MASK) == 2, message  # in the argv shown and in the output
+    error = ReleaseError(
+        "what", untouched="x hunter2-very-secret", next_command="hunter2-very-secret"
+    )
+    assert str(error) == f"what\nLeft untouched: x {MASK}\nNext: {MASK}"
+
+
+def test_the_log_masks_field_values_but_keeps_its_own_words(known: Secrets) -> None:
+    known.add(["hunter2-very-secret", "1234-release"])
+    line = eventlog.format_line(
+        "1234-release", "ticket", "failed", "2026-05-18T15:29:00Z", note="pw hunter2-very-secret"
+    )
+    assert line == (
+        f'2026-05-18T15:29:00Z ticket=1234-release phase=ticket event=failed note="pw {MASK}"'
+    )
+    assert eventlog.parse_line(line)["note"] == f"pw {MASK}"
+
+
+def test_the_state_file_masks_free_values_never_the_engines_ids(known: Secrets) -> None:
+    base = "a" * 40
+    known.add(["hunter2-very-secret", base, "api-service"])
+    state = State(ticket="1234", base_sha=base, services=["api-service"])
+    state.extra["NOTE"] = "token hunter2-very-secret"
+    text = state.to_text()
+    assert f'NOTE="token {MASK}"' in text
+    assert "hunter2-very-secret" not in text
+    # A secret equal to an id must not make the file unreadable: it is kept as it is.
+    again = State.from_text(text, "test")
+    assert again.base_sha == base and again.services == ["api-service"]
+
+
+def test_the_reports_every_value_and_a_steps_details_are_masked(known: Secrets) -> None:
+    known.add(["pa&ss<word>"])
+    # Masked before it is escaped: the secret is found as it was printed.
+    assert report.escape("login pa&ss<word>") == f"login {MASK}"
+    assert report.detail_html("output", "pa&ss<word>\n") == (
+        f"<div class='release-detail'><h4>output</h4><pre>{MASK}\n</pre></div>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("longrepr", "shown"),
+    [
+        ("failed with hunter2-very-secret", f"failed with {MASK}"),
+        (("f.py", 3, "Skipped: hunter2-very-secret"), ("f.py", 3, f"Skipped: {MASK}")),
+        (None, None),
+    ],
+)
+def test_what_pytest_prints_of_a_step_is_masked(known: Secrets, longrepr, shown) -> None:
+    known.add(["hunter2-very-secret"])
+    rep = pytest.TestReport(
+        "test_x.py::test_x",
+        ("test_x.py", 1, "test_x"),
+        {},
+        "skipped" if isinstance(longrepr, tuple) else "failed",
+        longrepr,
+        "call",
+        sections=[("Captured stderr call", "echo hunter2-very-secret\n")],
+    )
+    plugin.mask_report(rep)
+    assert rep.longrepr == shown
+    assert rep.sections == [("Captured stderr call", f"echo {MASK}\n")]

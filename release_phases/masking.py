@@ -22,9 +22,10 @@ from typing import Any
 
 MASK = "***"
 _SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|KEY", re.IGNORECASE)
-#: Values shorter than this are not masked: a secret of 1 to 3 characters (`1`,
-#: `yes`, `db`) would also hide every digit, flag and word that happens to match it,
-#: and protects little that is worth the unreadable log.
+#: Values shorter than this (blanks around them not counted) are not masked: a
+#: secret of 1 to 3 characters (`1`, `yes`, `db`) would also hide every digit, flag
+#: and word that happens to match it, and protects little that is worth the
+#: unreadable log. A value of blanks would hide the indentation of every output.
 MIN_LENGTH = 4
 
 
@@ -42,7 +43,7 @@ class Secrets:
         self.add(values)
 
     def add(self, values: Iterable[str]) -> None:
-        new = {v for v in values if len(v) >= MIN_LENGTH} - self._values
+        new = {v for v in values if len(v.strip()) >= MIN_LENGTH} - self._values
         if not new:
             return
         self._values |= new

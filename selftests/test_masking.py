@@ -59,7 +59,7 @@ def test_a_name_looks_secret_by_its_words(name: str, secret: bool) -> None:
         (["a.b*c+d"], "a.b*c+d axbbbcd", f"{MASK} axbbbcd"),
         # values under MIN_LENGTH are not secrets: `1` would hide every digit
         (["1", "db", "yes"], "db 1 yes", "db 1 yes"),
-        (["", "  "], "a  b", "a  b"),
+        (["", "      ", " db "], "a      b db ", "a      b db "),
     ],
 )
 def test_mask_replaces_every_known_secret(secrets: list[str], text: str, shown: str) -> None:

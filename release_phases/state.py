@@ -4,7 +4,8 @@ It is what makes `--from=PHASE` and revert possible, so it is written atomically
 (temp file, fsync, rename, fsync of the directory) and read back with distrust:
 a file that does not parse, or that belongs to another ticket, is refused with a
 message rather than half-used. Bash can `source` it: values are quoted where they
-need to be and escaped for double quotes.
+need to be and escaped for double quotes. Free-form values (keys other than the
+engine's own, below) have the run's secrets masked.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from release_phases import PHASES, atomic
 from release_phases.errors import ConfigError
+from release_phases.masking import mask
 
 #: Every phase a state file may name, in the order a release and a revert run them.
 ALL_PHASES: tuple[str, ...] = (*PHASES, "revert", "return_to_main")
@@ -24,6 +26,13 @@ _KEY = re.compile(r"[A-Z][A-Z0-9_]*")
 _SAFE = re.compile(r"[A-Za-z0-9._:/@+=,-]*")
 _ALWAYS_QUOTED = {"SERVICES", "BACKUPS", "IMAGES"}
 _IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+#: Keys whose values are ids the engine checks when it reads them back (a ticket, shas,
+#: phases, service names, stamps): never masked, or a secret that happened to equal one
+#: would make the file unreadable and the release impossible to resume or revert.
+_ENGINE_KEYS = {
+    "TICKET", "BASE_SHA", "MERGE_SHA", "BRANCH", "PHASE", "PHASE_STATUS",
+    *_ALWAYS_QUOTED,
+}  # fmt: skip
 
 
 @dataclass
@@ -83,7 +92,7 @@ class State:
         return out
 
     def to_text(self) -> str:
-        return "".join(f"{k}={_quote(k, v)}\n" for k, v in self.pairs())
+        return "".join(f"{k}={_quote(k, _shown(k, v))}\n" for k, v in self.pairs())
 
     @classmethod
     def from_text(cls, text: str, source: str) -> State:
@@ -151,6 +160,12 @@ def _bad(source: str, problem: str) -> ConfigError:
         f"state file {source} is unreadable: {problem}",
         next_command=f"inspect {source}; if it is damaged, move it aside and release again",
     )
+
+
+def _shown(key: str, value: str) -> str:
+    if key in _ENGINE_KEYS or key.startswith("TIMESTAMP_"):
+        return value
+    return mask(value)
 
 
 def _quote(key: str, value: str) -> str:

@@ -11,7 +11,7 @@ import os
 import platform
 import time
 
-from bench import health_latency, prepare_scale, release
+from bench import backup, health_latency, memory, prepare_scale, release
 
 
 def main() -> None:
@@ -24,6 +24,7 @@ def main() -> None:
     quick = parser.parse_args().quick
     sizes, rounds, waits = ((1, 5), 1, 10) if quick else ((1, 5, 10), 3, 30)
     scales = ((500, 2_000),) if quick else ((50, 20_000), (500, 20_000), (2_000, 20_000))
+    volumes, many = ((16, 128), 10) if quick else ((256, 1024), 50)
     began = time.perf_counter()
     rows: list[tuple[str, str, str, str]] = []
     for n in sizes:
@@ -46,6 +47,24 @@ def main() -> None:
                 "<= 1 s",
             )
         )
+    for b in backup.measure(volumes):
+        rows.append(
+            (
+                f"backup of a {b['mib']:.0f} MiB volume: engine / tar",
+                f"{b['engine_s']:.2f} s / {b['tar_s']:.2f} s, engine {b['rss_mib']:.0f} MiB",
+                f"{b['tar_s'] / max(b['engine_s'], 0.05):.2f}x",
+                ">= 0.9x tar, flat memory",
+            )
+        )
+    m = memory.measure(many)
+    rows.append(
+        (
+            f"engine's peak RSS: release of 1 / {many} services",
+            f"{m['one_mib']:.0f} MiB / {m['many_mib']:.0f} MiB",
+            "",
+            "<= 150 MB at 50",
+        )
+    )
     h = health_latency.measure(waits)
     rows.append(
         (

@@ -19,8 +19,9 @@ STOP_TIMEOUT = "1"
 HERE = Path(__file__).resolve().parent
 
 
-def _engine(world: World, ticket: str) -> float:
-    argv = [
+def engine_argv(ticket: str) -> list[str]:
+    """The engine's release as an operator runs it, with the bench's stop timeout."""
+    return [
         sys.executable,
         "-m",
         "pytest",
@@ -38,6 +39,10 @@ def _engine(world: World, ticket: str) -> float:
         "-p",
         "no:hypothesispytest",
     ]
+
+
+def _engine(world: World, ticket: str) -> float:
+    argv = engine_argv(ticket)
     began = time.perf_counter()
     done = subprocess.run(argv, cwd=world.deploy.prod, capture_output=True, text=True)
     took = time.perf_counter() - began

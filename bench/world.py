@@ -20,7 +20,11 @@ from selftests.support.images import LABEL, ImageSpec, build
 
 
 class World:
-    def __init__(self, services: int) -> None:
+    """``host_network``: the services listen on the host's network, each on its own port,
+    so fifty of them need no fifty compose networks (the engine has a few dozen
+    address pools). ``volume``: each service has a named volume, backed up."""
+
+    def __init__(self, services: int, *, host_network: bool = False, volume: bool = False) -> None:
         self.run_id = f"bench{uuid.uuid4().hex[:6]}"
         self.client = docker.from_env()
         self.root = Path(tempfile.mkdtemp(prefix=f"rp-{self.run_id}-"))
@@ -33,9 +37,24 @@ class World:
                 project=f"rp{self.run_id}-s{i}",
                 port=free_port(),
                 repository=self.repository,
+                volumes=(f"rp{self.run_id}-data{i}",) if volume else (),
             )
             for i in range(services)
         ]
+        for svc in self.services if host_network else ():
+            svc.compose = {
+                "network_mode": "host",
+                "ports": [],
+                "command": [
+                    "/bin/busybox",
+                    "httpd",
+                    "-f",
+                    "-p",
+                    f"127.0.0.1:{svc.port}",
+                    "-h",
+                    "/www",
+                ],
+            }
         for svc in self.services:
             self.deploy.write_service(svc)
         self.deploy.commit("services at tag 1")
@@ -49,6 +68,11 @@ class World:
                 capture_output=True,
             )
         self.tickets = 0
+
+    def volume_dir(self, svc: Service) -> Path:
+        """The host directory holding the service's volume (we are root here)."""
+        name = self.client.volumes.get(f"{svc.project}_{svc.volumes[0]}").name
+        return Path(self.client.api.inspect_volume(name)["Mountpoint"])
 
     def merge_next(self) -> str:
         """Merge a ticket moving every service to a new tag (the same image, tagged anew)."""
@@ -70,6 +94,8 @@ class World:
             project = {"label": f"com.docker.compose.project={svc.project}"}
             for n in self.client.networks.list(filters=project):
                 n.remove()
+            for v in self.client.volumes.list(filters=project):
+                v.remove(force=True)
         for img in self.client.images.list(all=True, filters={"label": label}):
             self.client.images.remove(img.id, force=True)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -196,6 +196,14 @@ def test_release_without_ticket_does_not_run(deploy):
             "health: {endpoint: 'http://127.0.0.1:1/h', timeout: soon}\n",
             "health.timeout",
         ),
+        pytest.param(
+            "image: {name: demo/web, tag: '2'}\n"
+            "health: {endpoint: 'http://127.0.0.1:1/h'}\n"
+            "backup: {volumes: [data], pahts: [/srv/data]}\n",
+            "backup.pahts is not a known key; did you mean backup.paths?",
+            marks=pytest.mark.reliability("bad input", "a misspelt backup key, end to end"),
+            id="typo",
+        ),
     ],
 )
 def test_malformed_manifests_are_refused_naming_file_and_key(deploy, make_service, manifest, key):

@@ -299,7 +299,7 @@ def parse(
         doc = _ManifestDoc.model_validate(data)
     except ValidationError as exc:
         # The one place a ValidationError becomes the operator's message.
-        raise _refused(summary(problems(exc, _ManifestDoc), source), source) from None
+        raise _refused(f"{source}: {summary(problems(exc, _ManifestDoc))}", source) from None
     if doc.compose_file is not None:
         compose_file = package_dir / doc.compose_file
         if not exists(doc.compose_file):

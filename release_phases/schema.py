@@ -78,14 +78,14 @@ def problems(exc: ValidationError, model: type[BaseModel]) -> list[tuple[str, st
     return unknown + rest
 
 
-def summary(found: list[tuple[str, str]], source: str) -> str:
-    """`source: key problem; key problem`, at most MAX_PROBLEMS of them; the document
-    itself (key "") is "the top level"."""
+def summary(found: list[tuple[str, str]]) -> str:
+    """`key problem; key problem`, at most MAX_PROBLEMS of them; the document itself
+    (key "") is "the top level"."""
     shown = [f"{key or 'the top level'} {problem}" for key, problem in found[:MAX_PROBLEMS]]
     more = len(found) - MAX_PROBLEMS
     if more > 0:
         shown.append(f"and {more} more")
-    return f"{source}: {'; '.join(shown)}"
+    return "; ".join(shown)
 
 
 def _describe(err: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:

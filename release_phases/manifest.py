@@ -349,9 +349,11 @@ def load(repo: Path, service: str) -> Manifest:
     path = package_dir / "manifest.yaml"
     source = f"packages/{service}/manifest.yaml"
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode()
     except OSError as exc:
         raise ConfigError(f"cannot read manifest {source}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise _refused(f"{source}: byte {exc.start} is not UTF-8", source) from None
     found = parse(text, service=service, package_dir=package_dir, source=source)
     target = found.compose_file.resolve()
     if not target.is_relative_to(package_dir.resolve()):

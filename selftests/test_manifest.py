@@ -263,3 +263,13 @@ def test_odd_shapes_are_named_by_file_and_key(tmp_path, text, said):
     with pytest.raises(ConfigError) as err:
         _load(tmp_path, text)
     assert said in str(err.value)
+
+
+@pytest.mark.reliability("bad input", "a manifest that is not UTF-8 text")
+def test_a_manifest_that_is_not_text_is_refused(tmp_path):
+    pkg = tmp_path / "packages" / "web"
+    pkg.mkdir(parents=True)
+    (pkg / "compose.yaml").write_text("services: {}\n")
+    (pkg / "manifest.yaml").write_bytes(GOOD.encode() + b"# \xff\n")
+    with pytest.raises(ConfigError, match=r"manifest\.yaml: byte \d+ is not UTF-8"):
+        manifest.load(tmp_path, "web")

@@ -114,13 +114,38 @@ class Manifest:
     source: str = ""
 
 
-def load_yaml(text: str) -> Any:
+def load_yaml(text: str, *, unique_keys: bool = False) -> Any:
     """`yaml.safe_load`; a document nested too deep for its recursive parser is a YAML
-    error like any other, not a RecursionError that ends the run with a traceback."""
+    error like any other, not a RecursionError that ends the run with a traceback.
+
+    With ``unique_keys``, a key given twice in one mapping is an error too.
+    """
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader if unique_keys else yaml.SafeLoader)
     except RecursionError:
         raise yaml.YAMLError("it is nested too deeply to be read") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys: a second `backup:` or `health:` block
+    would silently replace the first. This loader refuses it instead."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[tuple[str, str], yaml.Mark] = {}
+        for key_node, _ in node.value:
+            # `<<` merges are YAML's own way to override keys; only keys written here count.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    f"the key {key_node.value!r} is given twice in one mapping: first",
+                    seen[key],
+                    "and again",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 # -- the document, as pydantic checks it ------------------------------------------------
@@ -292,7 +317,7 @@ def parse(
             return (package_dir / name).is_file()
 
     try:
-        data = load_yaml(text)
+        data = load_yaml(text, unique_keys=True)
     except yaml.YAMLError as exc:
         raise _refused(f"{source}: not valid YAML: {exc}", source) from None
     try:

@@ -9,10 +9,8 @@ import pytest
 from release_phases import manifest
 from release_phases.errors import ConfigError
 
-GOOD = """
-image: {name: demo/web, tag: "2"}
-health: {endpoint: "http://127.0.0.1:18080/health"}
-"""
+IMAGE = 'image: {name: demo/web, tag: "2"}\n'
+GOOD = IMAGE + 'health: {endpoint: "http://127.0.0.1:18080/health"}\n'
 
 
 def _load(tmp_path, text: str, files=("compose.yaml",)):
@@ -43,7 +41,7 @@ def test_the_compose_file_is_found_by_its_usual_names(tmp_path):
     [
         ("image: {name: demo/web}\nhealth: {endpoint: 'http://x/h'}\n", "image.tag is required"),
         ("image: {name: demo/web, tag: 1.10}\nhealth: {endpoint: 'http://x/h'}\n", "image.tag"),
-        (GOOD + "health: {endpoint: 'http://x/h', timeout: true}\n", "health.timeout must be"),
+        (IMAGE + "health: {endpoint: 'http://x/h', timeout: true}\n", "health.timeout must be"),
         ("image: {name: a, tag: '1'}\nhealth: {endpoint: 'ftp://x'}\n", "health.endpoint"),
         (GOOD + "containers: web\n", "containers must be list"),
         (GOOD + "containers: [web, 3]\n", "containers[1]"),
@@ -51,10 +49,10 @@ def test_the_compose_file_is_found_by_its_usual_names(tmp_path):
         (GOOD + "backup: {volumes: [data, '']}\n", "backup.volumes[1]"),
         (GOOD + "e2e: {enabled: yes please}\n", "e2e.enabled"),
         ("image: {name: a, tag: '1'}\nhealth: {timeout: 5}\n", "health must declare at least"),
-        (GOOD + "health: {tcp: 'localhost'}\n", "health.tcp must be host:port"),
-        (GOOD + "health: {tcp: 'localhost:99999'}\n", "health.tcp must be host:port"),
-        (GOOD + "health: {docker: 'yes'}\n", "health.docker must be bool"),
-        (GOOD + "health: {command: 'pg_isready'}\n", "health.command must be list"),
+        (IMAGE + "health: {tcp: 'localhost'}\n", "health.tcp must be host:port"),
+        (IMAGE + "health: {tcp: 'localhost:99999'}\n", "health.tcp must be host:port"),
+        (IMAGE + "health: {docker: 'yes'}\n", "health.docker must be bool"),
+        (IMAGE + "health: {command: 'pg_isready'}\n", "health.command must be list"),
         (GOOD + "backup: {dump: {command: [pg_dump]}}\n", "backup.dump.restore is required"),
         (GOOD + "backup: {dump: [pg_dump]}\n", "backup.dump must be a mapping"),
         (GOOD + "backup: {when: later}\n", "backup.when must be one of prepare, stopped"),
@@ -194,7 +192,7 @@ def test_an_unknown_key_is_refused_with_the_nearest_known_one(tmp_path, text, sa
     [
         (GOOD + "backup:\n  dump:\n", "backup.dump"),
         (GOOD + "backup:\n", "backup"),
-        (GOOD + "health: {endpoint: 'http://x/h', tcp: }\n", "health.tcp"),
+        (IMAGE + "health: {endpoint: 'http://x/h', tcp: }\n", "health.tcp"),
     ],
 )
 def test_a_key_without_a_value_is_refused_not_taken_as_absent(tmp_path, text, key):
@@ -208,14 +206,14 @@ def test_a_key_without_a_value_is_refused_not_taken_as_absent(tmp_path, text, ke
 @pytest.mark.parametrize(
     ("text", "said"),
     [
-        (GOOD + "health: {endpoint: 'http://x/h', timeout: true}\n", "health.timeout must be"),
+        (IMAGE + "health: {endpoint: 'http://x/h', timeout: true}\n", "health.timeout must be"),
         (
-            GOOD + "health: {endpoint: 'http://x/h', expected_code: true}\n",
+            IMAGE + "health: {endpoint: 'http://x/h', expected_code: true}\n",
             "health.expected_code must be int, got bool True",
         ),
         ("image: {name: a, tag: yes}\nhealth: {docker: true}\n", "image.tag must be text"),
-        (GOOD + "health: {endpoint: 'http://x/h', expected_code: '200'}\n", "must be int, got str"),
-        (GOOD + "health: {docker: 1}\n", "health.docker must be bool, got int 1"),
+        (IMAGE + "health: {endpoint: 'http://x', expected_code: '200'}\n", "must be int, got str"),
+        (IMAGE + "health: {docker: 1}\n", "health.docker must be bool, got int 1"),
     ],
 )
 def test_no_value_is_coerced(tmp_path, text, said):
@@ -234,7 +232,7 @@ def test_a_whole_number_tag_and_timeout_are_read_as_written(tmp_path):
 @pytest.mark.parametrize("value", [".nan", ".inf", "0", "-1"])
 def test_a_timeout_must_be_a_positive_finite_number(tmp_path, value):
     with pytest.raises(ConfigError, match=r"health\.timeout must be"):
-        _load(tmp_path, GOOD + f"health: {{docker: true, timeout: {value}}}\n")
+        _load(tmp_path, IMAGE + f"health: {{docker: true, timeout: {value}}}\n")
 
 
 def test_every_mistake_of_a_manifest_is_named_at_once(tmp_path):
@@ -273,3 +271,14 @@ def test_a_manifest_that_is_not_text_is_refused(tmp_path):
     (pkg / "manifest.yaml").write_bytes(GOOD.encode() + b"# \xff\n")
     with pytest.raises(ConfigError, match=r"manifest\.yaml: byte \d+ is not UTF-8"):
         manifest.load(tmp_path, "web")
+
+
+@pytest.mark.reliability("bad input", "a manifest key given twice")
+def test_a_key_given_twice_is_refused_not_overridden(tmp_path):
+    """PyYAML keeps the last of two equal keys: the first `backup:` would be lost."""
+    text = GOOD + "backup: {volumes: [data]}\ne2e: {enabled: false}\nbackup: {paths: [/srv]}\n"
+    with pytest.raises(ConfigError) as err:
+        _load(tmp_path, text)
+    message = str(err.value)
+    assert "not valid YAML: the key 'backup' is given twice in one mapping" in message
+    assert "line 3" in message and "line 5" in message, message

@@ -7,11 +7,13 @@ they read is the journal's, which only the plugin writes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from release_phases import PHASES, manifest, scripts
+from release_phases import PHASES, manifest, masking, scripts
 from release_phases import plan as planning
+from release_phases.errors import ReleaseError
 from release_phases.host import ComposeProject, Host
 from release_phases.host.compose import project_of
 from release_phases.host.git import Git
@@ -41,7 +43,9 @@ class ReleaseContext:
         found = paths.found_state()
         plan = planning.make(options, start_phase, host.git, paths, found)
         journal = Journal(paths, found, branch=options.branch, ticket_scripts=plan.ticket_scripts)
-        return cls(options, plan, paths, host, journal, found)
+        ctx = cls(options, plan, paths, host, journal, found)
+        ctx.learn_secrets([*plan.services, *(found.services if found else ())])
+        return ctx
 
     @property
     def state(self) -> State:
@@ -99,6 +103,17 @@ class ReleaseContext:
             self.host.compose, declared, self.options.stop_timeout, text=compose_text
         )
         return declared, project
+
+    def learn_secrets(self, services: Sequence[str]) -> None:
+        """Add the secrets the services' compose files give them (in the worktree as it
+        stands) to those the run masks. A service whose manifest cannot be read has none
+        to add here: the step that needs it says what is wrong."""
+        for service in services:
+            try:
+                compose_file = self.manifest(service).compose_file
+            except ReleaseError:
+                continue
+            masking.KNOWN.add(masking.from_compose(compose_file))
 
     def script_env(self, service: str | None = None) -> dict[str, str]:
         """The environment of a hook (with its SERVICE) or a ticket script."""

@@ -139,6 +139,8 @@ def discover(ctx: ReleaseContext, base: str, merge: str) -> tuple[list[str], lis
             untouched=f"containers and data; the code was pulled to {merge}",
             next_command=ctx.options.command(f"--base-sha {base}"),
         )
+    # The compose files as merged may name env_files the planned (older) ones did not.
+    ctx.learn_secrets(services)
     return services, scripts
 
 

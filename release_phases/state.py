@@ -6,7 +6,9 @@ a file that does not parse, that holds a key this version does not know (with th
 nearest known one suggested), misses one the writer always writes, ends mid-line,
 holds a value the writer would not write, or belongs to another ticket, is refused
 with a message rather than half-used. Bash can `source` it: values are quoted where they
-need to be and escaped for double quotes.
+need to be and escaped for double quotes. Secrets are not masked here: every value
+is an id the reader checks (a sha, a branch, service names...), so a masked one
+would make the file unreadable and the release impossible to resume or revert.
 """
 
 from __future__ import annotations

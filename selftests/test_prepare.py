@@ -196,6 +196,14 @@ def test_release_without_ticket_does_not_run(deploy):
             "health: {endpoint: 'http://127.0.0.1:1/h', timeout: soon}\n",
             "health.timeout",
         ),
+        pytest.param(
+            "image: {name: demo/web, tag: '2'}\n"
+            "health: {endpoint: 'http://127.0.0.1:1/h'}\n"
+            "backup: {volumes: [data], pahts: [/srv/data]}\n",
+            "backup.pahts is not a known key; did you mean backup.paths?",
+            marks=pytest.mark.reliability("bad input", "a misspelt backup key, end to end"),
+            id="typo",
+        ),
     ],
 )
 def test_malformed_manifests_are_refused_naming_file_and_key(deploy, make_service, manifest, key):
@@ -382,3 +390,24 @@ def test_a_plain_rerun_resumes_a_prepare_that_stopped_after_its_pull(deploy, mak
     assert again.state.base_sha == base, "BASE_SHA is the state file's, not HEAD"
     assert again.state.services == ["web"]
     assert (again.state.phase, again.state.phase_status) == ("verify", "done")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: the running version's manifest (at BASE_SHA) is read as strictly as "
+    "the release's, and no commit can change it, so the release fixing it cannot back up",
+)
+def test_a_release_that_fixes_a_misspelt_key_in_the_running_manifest(deploy, make_service):
+    """Prod runs a manifest an older engine accepted (`backup.pahts`, ignored then); the
+    release that corrects it to `paths` should go through."""
+    web = make_service("web")
+    deploy.write_service(web, extra_manifest={"backup": {"pahts": ["/tmp"]}})
+    deploy.commit("web, with a misspelt backup key")
+    deploy.push()
+    deploy.clone_prod()
+    up(deploy, web)
+    deploy.write_service(web, extra_manifest={"backup": {"paths": ["/tmp"]}})
+    deploy.merge_feature("feature/42", "ticket 42: spell backup.paths right")
+
+    run = engine.run(deploy.prod, "42")
+    assert run.rc == 0, run

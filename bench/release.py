@@ -62,13 +62,22 @@ def _by_hand(world: World) -> float:
     return took
 
 
-def measure(services: int, rounds: int) -> dict[str, float]:
+def measure(services: int, rounds: int, *, with_ansible: bool) -> dict[str, float]:
+    """Medians of `rounds` releases each way, taking turns on one world; each round
+    merges a new ticket first. Ansible's figure is 0 when not asked for."""
+    from bench import ansible
+
     engine: list[float] = []
     bash: list[float] = []
+    playbook: list[float] = []
     with World(services) as world:
         for _ in range(rounds):
             engine.append(_engine(world, world.merge_next()))
             world.merge_next()
             bash.append(_by_hand(world))
+            if with_ansible:
+                world.merge_next()
+                playbook.append(ansible.release(world))
     e, b = statistics.median(engine), statistics.median(bash)
-    return {"engine_s": e, "bash_s": b, "ratio": e / b}
+    a = statistics.median(playbook) if playbook else 0.0
+    return {"engine_s": e, "bash_s": b, "ratio": e / b, "ansible_s": a}

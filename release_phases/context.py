@@ -8,7 +8,7 @@ they read is the journal's, which only the plugin writes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from release_phases import PHASES, manifest, masking, scripts
@@ -70,8 +70,9 @@ class ReleaseContext:
         return self.host.git
 
     def manifest(self, service: str) -> Manifest:
-        """The service's manifest as it stands in the worktree (after the pull)."""
-        return manifest.load(self.repo, service)
+        """The service's manifest as it stands in the worktree (after the pull). A revert
+        reads it as deployed (`manifest.parse`): it goes back to what ran."""
+        return manifest.load(self.repo, service, deployed=self.options.mode == "revert")
 
     def project(self, manifest: Manifest) -> ComposeProject:
         """The compose project of a service, as its manifest in the worktree declares it."""
@@ -83,7 +84,11 @@ class ReleaseContext:
 
         Its backup is taken by these declarations: the data on disk was made by the
         running version, and a release that adds a volume must not fail for the volume
-        not existing yet.
+        not existing yet. It is read as deployed: an unknown key an older engine let
+        through is left out (`Manifest.ignored`). When one was under `backup:`, the
+        running version's backup declaration is not what its authors meant, and the
+        release's own (checked when planned) is taken instead: a misspelt
+        `backup.pahts` must not cost the backup of the release that corrects it.
         """
         base = self.state.base_sha
         rel = f"packages/{service}"
@@ -97,7 +102,10 @@ class ReleaseContext:
             package_dir=self.repo / rel,
             source=f"{rel}/manifest.yaml at BASE_SHA {base[:12]}",
             exists=lambda name: self.git.exists(base, f"{rel}/{name}"),
+            deployed=True,
         )
+        if any(note.startswith("backup") for note in declared.ignored):
+            declared = replace(declared, backup=self.manifest(service).backup)
         compose_text = self.git.show(base, f"{rel}/{declared.compose_file.name}") or ""
         project = project_of(
             self.host.compose, declared, self.options.stop_timeout, text=compose_text

@@ -8,6 +8,7 @@ nothing runs on a half-valid manifest.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,9 @@ class Manifest:
     backup: Backup = field(default_factory=Backup)
     e2e_enabled: bool = False
     source: str = ""
+    #: Read as deployed (`parse(deployed=True)`): the unknown keys left out, each as
+    #: `key is not a known key; did you mean ...?`.
+    ignored: tuple[str, ...] = ()
 
 
 def load_yaml(text: str, *, unique_keys: bool = False) -> Any:
@@ -305,11 +309,17 @@ def parse(
     package_dir: Path,
     source: str,
     exists: Callable[[str], bool] | None = None,
+    deployed: bool = False,
 ) -> Manifest:
     """Validate manifest text; ``package_dir`` is where relative paths resolve.
 
     ``exists(name)`` says whether a file of the package exists; by default the
     worktree is asked, while the collection-time plan asks the incoming commit.
+
+    ``deployed``: the manifest of a version that already ran (at BASE_SHA, or what a
+    revert returns to). An older engine ignored unknown keys, and no commit can change
+    what ran, so its unknown keys are left out and listed in `Manifest.ignored`
+    instead of refused; any other mistake is refused as always.
     """
     if exists is None:
 
@@ -320,11 +330,17 @@ def parse(
         data = load_yaml(text, unique_keys=True)
     except yaml.YAMLError as exc:
         raise _refused(f"{source}: not valid YAML: {exc}", source) from None
+    ignored: tuple[str, ...] = ()
     try:
         doc = _ManifestDoc.model_validate(data)
     except ValidationError as exc:
-        # The one place a ValidationError becomes the operator's message.
-        raise _refused(f"{source}: {summary(problems(exc, _ManifestDoc))}", source) from None
+        mistakes = problems(exc, _ManifestDoc)
+        lenient = _without_unknown_keys(data, exc) if deployed else None
+        if lenient is None:
+            # The one place a ValidationError becomes the operator's message.
+            raise _refused(f"{source}: {summary(mistakes)}", source) from None
+        doc = lenient
+        ignored = tuple(f"{key} {problem}" for key, problem in mistakes)
     if doc.compose_file is not None:
         compose_file = package_dir / doc.compose_file
         if not exists(doc.compose_file):
@@ -365,11 +381,32 @@ def parse(
         ),
         e2e_enabled=doc.e2e.enabled,
         source=source,
+        ignored=ignored,
     )
 
 
-def load(repo: Path, service: str) -> Manifest:
-    """Load `packages/<service>/manifest.yaml` from the deploy repo's worktree."""
+def _without_unknown_keys(data: Any, exc: ValidationError) -> _ManifestDoc | None:
+    """The document valid once its unknown keys are left out, or None when unknown keys
+    are not its only mistakes."""
+    errors = exc.errors()
+    if any(err["type"] != "extra_forbidden" for err in errors):
+        return None
+    trimmed = copy.deepcopy(data)
+    for err in errors:
+        *parents, name = err["loc"]
+        node = trimmed
+        for part in parents:
+            node = node[part]
+        node.pop(name, None)
+    try:
+        return _ManifestDoc.model_validate(trimmed)
+    except ValidationError:
+        return None
+
+
+def load(repo: Path, service: str, *, deployed: bool = False) -> Manifest:
+    """Load `packages/<service>/manifest.yaml` from the deploy repo's worktree
+    (``deployed``: see `parse`)."""
     package_dir = repo / "packages" / service
     path = package_dir / "manifest.yaml"
     source = f"packages/{service}/manifest.yaml"
@@ -379,7 +416,7 @@ def load(repo: Path, service: str) -> Manifest:
         raise ConfigError(f"cannot read manifest {source}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise _refused(f"{source}: byte {exc.start} is not UTF-8", source) from None
-    found = parse(text, service=service, package_dir=package_dir, source=source)
+    found = parse(text, service=service, package_dir=package_dir, source=source, deployed=deployed)
     target = found.compose_file.resolve()
     if not target.is_relative_to(package_dir.resolve()):
         raise ConfigError(

@@ -282,3 +282,23 @@ def test_a_key_given_twice_is_refused_not_overridden(tmp_path):
     message = str(err.value)
     assert "not valid YAML: the key 'backup' is given twice in one mapping" in message
     assert "line 3" in message and "line 5" in message, message
+
+
+def test_a_deployed_manifest_leaves_unknown_keys_out_and_says_which(tmp_path):
+    """What already ran was accepted by an older engine: its typos are listed, not refused
+    (a release cannot change BASE_SHA), while a release's own manifest is refused."""
+    text = GOOD + "backup: {volumes: [data], pahts: [/srv]}\nhealth_check: x\n"
+    with pytest.raises(ConfigError, match=r"backup\.pahts is not a known key"):
+        _load(tmp_path, text)
+    found = manifest.load(tmp_path, "web", deployed=True)
+    assert found.backup.volumes == ("data",) and found.backup.paths == ()
+    assert [note.split()[0] for note in found.ignored] == ["backup.pahts", "health_check"]
+    assert "did you mean backup.paths?" in found.ignored[0]
+
+
+def test_a_deployed_manifest_is_refused_for_any_other_mistake(tmp_path):
+    text = GOOD.replace('tag: "2"', "tag: 2.10") + "backup: {pahts: [/srv]}\n"
+    with pytest.raises(ConfigError, match=r"image\.tag"):
+        _load(tmp_path, text)
+    with pytest.raises(ConfigError, match=r"image\.tag"):
+        manifest.load(tmp_path, "web", deployed=True)

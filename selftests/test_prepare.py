@@ -392,22 +392,25 @@ def test_a_plain_rerun_resumes_a_prepare_that_stopped_after_its_pull(deploy, mak
     assert (again.state.phase, again.state.phase_status) == ("verify", "done")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the running version's manifest (at BASE_SHA) is read as strictly as "
-    "the release's, and no commit can change it, so the release fixing it cannot back up",
-)
+@pytest.mark.reliability("bad input", "a misspelt backup key already deployed, fixed by a release")
 def test_a_release_that_fixes_a_misspelt_key_in_the_running_manifest(deploy, make_service):
     """Prod runs a manifest an older engine accepted (`backup.pahts`, ignored then); the
-    release that corrects it to `paths` should go through."""
+    release that corrects it to `paths` goes through, backs up what the fix declares
+    and says why; the revert, back to the misspelt manifest, reads it the same way."""
     web = make_service("web")
-    deploy.write_service(web, extra_manifest={"backup": {"pahts": ["/tmp"]}})
+    deploy.write_service(web, extra_manifest={"backup": {"pahts": ["/www"]}})
     deploy.commit("web, with a misspelt backup key")
     deploy.push()
     deploy.clone_prod()
     up(deploy, web)
-    deploy.write_service(web, extra_manifest={"backup": {"paths": ["/tmp"]}})
+    deploy.write_service(web, extra_manifest={"backup": {"paths": ["/www"]}})
     deploy.merge_feature("feature/42", "ticket 42: spell backup.paths right")
 
     run = engine.run(deploy.prod, "42")
     assert run.rc == 0, run
+    assert "ignored=backup.pahts" in run.log_path.read_text()
+    record = deploy.prod / ".asd/workspace/backups/web" / run.state.backups["web"]
+    assert '"/www"' in (record / "record.json").read_text(), "the fix's paths were backed up"
+    reverted = engine.run(deploy.prod, "42", mode="revert")
+    assert reverted.rc == 0, reverted
+    assert "pahts" in (deploy.prod / "packages/web/manifest.yaml").read_text()

@@ -41,7 +41,20 @@ def test_changed_services(release: ReleaseContext, step: Step) -> None:
 
 def test_backup(release: ReleaseContext, step: Step, service: str) -> None:
     began = time.monotonic()
-    record = prepare.backup_service(release, service)
+    declared, project = release.declared_before(service)
+    if declared.ignored:
+        step.detail(
+            "the running version's manifest: keys left out",
+            "\n".join(declared.ignored)
+            + "\n(accepted by an older engine; "
+            + (
+                "the backup follows this release's backup: section instead)"
+                if any(note.startswith("backup") for note in declared.ignored)
+                else "its backup: section is read as written)"
+            ),
+        )
+        step.log_fields.update(ignored=",".join(n.split()[0] for n in declared.ignored))
+    record = prepare.backup_service(release, declared, project)
     if record is None:
         step.detail("backup", f"{service}: taken in migrate (backup.when: stopped)")
         step.log_fields.update(backup="in-migrate")

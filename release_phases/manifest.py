@@ -404,6 +404,14 @@ def _without_unknown_keys(data: Any, exc: ValidationError) -> _ManifestDoc | Non
         return None
 
 
+def decode(data: bytes, source: str) -> str:
+    """A manifest's bytes as text; one that is not UTF-8 is refused, not half-read."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise _refused(f"{source}: byte {exc.start} is not UTF-8", source) from None
+
+
 def load(repo: Path, service: str, *, deployed: bool = False) -> Manifest:
     """Load `packages/<service>/manifest.yaml` from the deploy repo's worktree
     (``deployed``: see `parse`)."""
@@ -411,11 +419,9 @@ def load(repo: Path, service: str, *, deployed: bool = False) -> Manifest:
     path = package_dir / "manifest.yaml"
     source = f"packages/{service}/manifest.yaml"
     try:
-        text = path.read_bytes().decode()
+        text = decode(path.read_bytes(), source)
     except OSError as exc:
         raise ConfigError(f"cannot read manifest {source}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise _refused(f"{source}: byte {exc.start} is not UTF-8", source) from None
     found = parse(text, service=service, package_dir=package_dir, source=source, deployed=deployed)
     target = found.compose_file.resolve()
     if not target.is_relative_to(package_dir.resolve()):

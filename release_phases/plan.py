@@ -246,12 +246,13 @@ def services_between(
     files = git.files_in(merge, [f"packages/{s}/" for s in services])
     for service in services:
         rel = f"packages/{service}"
-        text = texts[f"{rel}/manifest.yaml"]
-        if text is None:
+        data = texts[f"{rel}/manifest.yaml"]
+        if data is None:
             if git.exists(base, f"{rel}/manifest.yaml"):
                 removed.append(service)
             continue  # not deployable, or removed by this release
         validate_service(service, f"{rel}/manifest.yaml")
+        text = manifest.decode(data, f"{rel}/manifest.yaml")
 
         def exists(name: str, rel: str = rel) -> bool:
             return posixpath.normpath(f"{rel}/{name}") in files

@@ -134,10 +134,13 @@ def test_many_files_are_read_in_one_batch_as_show_reads_them_one_by_one(tmp_path
     ops = gitops.Git(tmp_path, Runner())
     asked = [*files, "packages/missing/manifest.yaml"]
     batch = ops.show_many("HEAD", [*asked, "packages/b/deploy"])
-    assert {path: batch[path] for path in asked} == {path: ops.show("HEAD", path) for path in asked}
+    shown = {path: ops.show("HEAD", path) for path in asked}
+    assert {path: (batch[path] or b"").decode() or None for path in asked} == {
+        path: text or None for path, text in shown.items()
+    }
     assert batch["packages/missing/manifest.yaml"] is None
     # A directory is no file (`git show` would list it).
-    assert batch["packages/b/deploy"] is None and batch["packages/b/manifest.yaml"] == ""
+    assert batch["packages/b/deploy"] is None and batch["packages/b/manifest.yaml"] == b""
     assert ops.files_in("HEAD", ["packages/b/", "packages/c/"]) == {
         "packages/b/manifest.yaml",
         "packages/b/deploy/compose.yaml",

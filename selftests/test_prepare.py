@@ -204,11 +204,20 @@ def test_release_without_ticket_does_not_run(deploy):
             marks=pytest.mark.reliability("bad input", "a misspelt backup key, end to end"),
             id="typo",
         ),
+        pytest.param(
+            b"image: {name: demo/w\xffeb, tag: '2'}\nhealth: {endpoint: 'http://127.0.0.1:1/h'}\n",
+            "byte 20 is not UTF-8",
+            marks=pytest.mark.reliability("bad input", "a manifest that is not UTF-8, end to end"),
+            id="not-utf-8",
+        ),
     ],
 )
 def test_malformed_manifests_are_refused_naming_file_and_key(deploy, make_service, manifest, key):
     web_on_prod(deploy, make_service)
-    deploy.write("packages/web/manifest.yaml", manifest)
+    if isinstance(manifest, bytes):
+        (deploy.dev / "packages/web/manifest.yaml").write_bytes(manifest)
+    else:
+        deploy.write("packages/web/manifest.yaml", manifest)
     deploy.merge_feature("feature/8", "break the manifest")
     before = _tree_snapshot(deploy)
 

@@ -153,9 +153,9 @@ class Git:
             self._out("show", f"{ref}:{path}")  # raises with git's message
         return result.stdout
 
-    def show_many(self, ref: str, paths: list[str]) -> dict[str, str | None]:
-        """Files' text at `ref`, read by one `git cat-file --batch` (one process for a
-        plan of many services); None for a path that is no file there."""
+    def show_many(self, ref: str, paths: list[str]) -> dict[str, bytes | None]:
+        """Files' exact content at `ref`, read by one `git cat-file --batch` (one process
+        for a plan of many services); None for a path that is no file there."""
         # The batch protocol is line-based; git prints such a name quoted, never raw.
         assert not any("\n" in path for path in paths), paths
         asked = "".join(f"{ref}:{path}\n" for path in paths).encode()
@@ -163,7 +163,7 @@ class Git:
         result = self.runner.read(argv, timeout=READ_TIMEOUT, stdin=asked)
         if not result.ok:
             self._out("cat-file", "--batch")  # raises with git's message
-        found: dict[str, str | None] = {}
+        found: dict[str, bytes | None] = {}
         out, at = result.stdout, 0
         for path in paths:
             end = out.index(b"\n", at)
@@ -176,7 +176,7 @@ class Git:
             size = int(header[2])
             content = out[at : at + size]
             at += size + 1
-            found[path] = content.decode(errors="replace") if header[1] == b"blob" else None
+            found[path] = content if header[1] == b"blob" else None
         return found
 
     def files_in(self, ref: str, dirs: list[str]) -> set[str]:

@@ -113,6 +113,8 @@ class Manifest:
     backup: Backup = field(default_factory=Backup)
     e2e_enabled: bool = False
     source: str = ""
+    #: Services that, when in the same release, are migrated and healthy before this one.
+    after: tuple[str, ...] = ()
     #: Read as deployed (`parse(deployed=True)`): the unknown keys left out, each as
     #: `key is not a known key; did you mean ...?`.
     ignored: tuple[str, ...] = ()
@@ -276,6 +278,7 @@ class _ManifestDoc(_Doc):
     compose_file: str | None = None
     backup: _BackupDoc = _BackupDoc()
     e2e: _E2eDoc = _E2eDoc()
+    after: list[NonEmptyStr] = Field(default_factory=list)
 
     @field_validator("compose_file")
     @classmethod
@@ -381,6 +384,7 @@ def parse(
         ),
         e2e_enabled=doc.e2e.enabled,
         source=source,
+        after=tuple(doc.after),
         ignored=ignored,
     )
 

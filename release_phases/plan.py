@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import posixpath
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,7 +264,65 @@ def services_between(
             source=f"{rel}/manifest.yaml",
             exists=exists,
         )
-    return found, removed
+    _refuse_unknown_after(git, merge, found)
+    order = release_order({name: m.after for name, m in found.items()})
+    return {name: found[name] for name in order}, removed
+
+
+def _refuse_unknown_after(git: Git, merge: str, manifests: Mapping[str, Manifest]) -> None:
+    """Every name an `after:` gives is a service of the repository at `merge`."""
+    named = {
+        (name, other)
+        for name, m in manifests.items()
+        for other in m.after
+        if other not in manifests
+    }
+    for name, other in sorted(named):
+        validate_service(other, f"packages/{name}/manifest.yaml: after")
+    paths = sorted({f"packages/{other}/manifest.yaml" for _, other in named})
+    there = git.show_many(merge, paths) if paths else {}
+    for name, other in sorted(named):
+        if there[f"packages/{other}/manifest.yaml"] is None:
+            source = f"packages/{name}/manifest.yaml"
+            raise ConfigError(
+                f"invalid manifest {source}: after names {other}, which is no service "
+                f"(packages/{other}/manifest.yaml does not exist)",
+                next_command=f"fix {source} and commit the fix, then rerun the release",
+            )
+
+
+def release_order(after: Mapping[str, Sequence[str]]) -> list[str]:
+    """The services in the order they are migrated: each after the services its
+    `after:` names that are in the release too; otherwise by name. A cycle is refused."""
+    waiting = {
+        name: {o for o in others if o in after and o != name} for name, others in after.items()
+    }
+    order: list[str] = []
+    while waiting:
+        ready = sorted(name for name, others in waiting.items() if not others)
+        if not ready:
+            cycle = " -> ".join(_a_cycle(waiting))
+            raise ConfigError(
+                f"the services' `after:` make a cycle: {cycle}; none of them could go first",
+                next_command="remove one of those `after:` entries, commit and merge it, then "
+                "rerun the release",
+            )
+        first = ready[0]
+        order.append(first)
+        del waiting[first]
+        for others in waiting.values():
+            others.discard(first)
+    return order
+
+
+def _a_cycle(waiting: Mapping[str, set[str]]) -> list[str]:
+    """One cycle among services that all wait (each has a waited-for name)."""
+    path = [min(waiting)]
+    while True:
+        nxt = min(waiting[path[-1]])
+        if nxt in path:
+            return [*path[path.index(nxt) :], nxt]
+        path.append(nxt)
 
 
 def plan_resume(options: Options, start_phase: str, paths: Paths, found: State | None) -> Plan:

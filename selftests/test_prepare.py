@@ -423,3 +423,29 @@ def test_a_release_that_fixes_a_misspelt_key_in_the_running_manifest(deploy, mak
     reverted = engine.run(deploy.prod, "42", mode="revert")
     assert reverted.rc == 0, reverted
     assert "pahts" in (deploy.prod / "packages/web/manifest.yaml").read_text()
+
+
+def test_after_orders_services_and_an_unknown_name_is_refused(deploy, make_service):
+    """`api` says `after: [web]`, so web is released first, though its name sorts last;
+    then a merge whose `after:` names no service is refused, with nothing written."""
+    services = running_on_prod(deploy, make_service, ("api", "web"))
+    services["api"].tag = "2"
+    make_service("api", "2")
+    deploy.write_service(services["api"], extra_manifest={"after": ["web"]})
+    services["web"].tag = "2"
+    make_service("web", "2")
+    deploy.write_service(services["web"])
+    deploy.merge_feature("feature/51", "ticket 51: api after web")
+
+    run = engine.run(deploy.prod, "51")
+    assert run.rc == 0, run
+    assert run.state.services == ["web", "api"]
+    migrated = [e["service"] for e in run.events if e["phase"] == "migrate" and e.get("service")]
+    assert migrated and migrated.index("web") < migrated.index("api"), migrated
+
+    deploy.write_service(services["api"], extra_manifest={"after": ["wbe"]})
+    deploy.merge_feature("feature/52", "ticket 52: a typo in after")
+    refused = engine.run(deploy.prod, "52")
+    assert refused.rc == 4, refused
+    assert "after names wbe, which is no service" in refused.output, refused
+    assert not refused.state_path.exists()

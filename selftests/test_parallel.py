@@ -92,3 +92,13 @@ def test_a_failure_starts_nothing_more_and_the_rest_report(deploy, make_service,
 def _with_after(deploy, name: str, after: list[str]) -> str:
     text = (deploy.dev / "packages" / name / "manifest.yaml").read_text()
     return text + f"after: [{', '.join(after)}]\n"
+
+
+@pytest.mark.reliability("bad input", "a --parallel that is no whole number from 1 to 32")
+@pytest.mark.parametrize("value", ["0", "-1", "two", "33", "1.5"])
+def test_a_parallel_that_is_no_count_is_refused(deploy, value):
+    deploy.clone_prod()
+    run = engine.run(deploy.prod, "1234", f"--parallel={value}")
+    assert run.rc == 4, run
+    assert f"--parallel {value!r} must be a whole number from 1 to 32" in run.output, run
+    assert not (deploy.prod / ".asd").exists()

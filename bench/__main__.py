@@ -11,7 +11,7 @@ import os
 import platform
 import time
 
-from bench import backup, health_latency, memory, prepare_scale, release
+from bench import backup, health_latency, memory, parallel, prepare_scale, release
 
 
 def main() -> None:
@@ -72,6 +72,16 @@ def main() -> None:
             f"{m['one_mib']:.0f} MiB / {m['many_mib']:.0f} MiB",
             "",
             "<= 150 MB at 50",
+        )
+    )
+    width, wide = 4, (5 if quick else 10)
+    w = parallel.measure(wide, width, rounds)
+    rows.append(
+        (
+            f"release of {wide} services: --parallel {width} / --parallel 1",
+            f"{w['parallel_s']:.2f} s / {w['serial_s']:.2f} s",
+            f"{w['ratio']:.2f}x",
+            "<= 0.4 at 10",
         )
     )
     h = health_latency.measure(waits)

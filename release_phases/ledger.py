@@ -294,17 +294,34 @@ class Ledger:
         )
 
 
-def dependencies(steps: Sequence[tuple[str, bool]]) -> dict[str, list[str]]:
+#: A step's kind for `dependencies`: an ordinary step, a check, or one of a wave (steps
+#: run side by side, `--parallel`).
+ORDINARY, CHECK, WAVE = "ordinary", "check", "wave"
+
+
+def dependencies(steps: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
     """What each step depends on, for pytest-dependency: the chain that halts a run.
 
-    `steps` are (id, is_check) in run order. A step depends on the step before it,
+    `steps` are (id, kind) in run order. A step depends on the step before it,
     so one failure halts everything after it; a check (verify's) depends on the
-    last step before the checks only, so every check runs and reports.
+    last step before the checks only, so every check runs and reports. The steps
+    of a wave (run side by side) each depend on the step before the wave, so each
+    reports its own result, and the step after the wave depends on all of them.
     """
     found: dict[str, list[str]] = {}
-    last: str | None = None
-    for step_id, check in steps:
-        found[step_id] = [last] if last is not None else []
-        if not check:
-            last = step_id
+    last: list[str] = []
+    wave_base: list[str] | None = None
+    wave: list[str] = []
+    for step_id, kind in steps:
+        if kind == WAVE:
+            if wave_base is None:
+                wave_base, wave = last, []
+            found[step_id] = list(wave_base)
+            wave.append(step_id)
+            continue
+        if wave_base is not None:
+            last, wave_base = wave, None
+        found[step_id] = list(last)
+        if kind != CHECK:
+            last = [step_id]
     return found

@@ -93,6 +93,8 @@ class Options:
     compose_timeout: float = 600.0
     #: Try `docker compose pull` for images missing on the host.
     pull: bool = True
+    #: Services migrated at once (`--parallel`).
+    parallel: int = 1
     #: release, revert or return_to_main: which `-m` run this is.
     mode: str = "release"
     skip_git: bool = False
@@ -108,6 +110,8 @@ class Options:
             parts += ["--repo", str(self.repo)]
         if self.branch != "main" and mode == "release":
             parts += ["--branch", self.branch, "--force-allow-non-main"]
+        if self.parallel > 1 and mode == "release":
+            parts += ["--parallel", str(self.parallel)]
         if mode == "revert" == self.mode:
             # A rerun must leave alone what the operator chose to leave alone.
             chosen = {"--skip-git": self.skip_git, "--skip-data": self.skip_data}

@@ -29,7 +29,7 @@ import math
 import os
 import shutil
 import signal
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ import pytest
 
 from release_phases import PHASES, atomic, masking, selection
 from release_phases.errors import ConfigError, ReleaseError
-from release_phases.ledger import Failure, Ledger, dependencies
+from release_phases.ledger import CHECK, ORDINARY, WAVE, Failure, Ledger, dependencies
 from release_phases.options import Options, validate_branch, validate_sha, validate_ticket
 from release_phases.steps import STEP, Step
 
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from release_phases.journal import Journal
     from release_phases.ledger import Summary
     from release_phases.verify import ServiceUnderTest
+    from release_phases.wave import Wave
 
 MODES = ("release", "revert", "return_to_main")
 PHASE_DIRS = {mode: f"phases/{mode}" for mode in MODES}
@@ -56,6 +57,9 @@ CONTEXT = pytest.StashKey["ReleaseContext"]()
 E2E_SERVICE = pytest.StashKey[str]()
 #: What pytest-dependency's skip reason says: "<step> depends on <step>".
 DEPENDS_ON = " depends on "
+#: The most services `--parallel` migrates at once: each is a compose command and a
+#: health wait in its own thread; beyond this the host, not the engine, is the limit.
+MAX_PARALLEL = 32
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -84,6 +88,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--repo", help="the deploy repository (default: the ini value, else cwd)")
     group.addoption(
+        "--parallel",
+        metavar="N",
+        help="migrate up to N services at once, in the order after: allows "
+        "(default: the ini value release_parallel, else 1)",
+    )
+    group.addoption(
         "--skip-git",
         action="store_true",
         help="revert: leave the code as it is (no git revert, no push), e.g. a hotfix branch",
@@ -102,6 +112,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(default: the service's stop_grace_period, else Compose's default)",
     )
     parser.addini("release_compose_timeout", "seconds one compose command may run (600)")
+    parser.addini(
+        "release_parallel", "services migrated at once (1); --parallel overrides it"
+    )
     parser.addini(
         "release_pull",
         "pull images missing on the host before recreating (true; false without a registry)",
@@ -152,10 +165,20 @@ def options_from(config: pytest.Config, mode: str) -> Options:
         stop_timeout=_stop_timeout(config),
         compose_timeout=_ini_number(config, "release_compose_timeout", 600),
         pull=config.getini("release_pull"),
+        parallel=_parallel(config),
         mode=mode,
         skip_git=config.getoption("skip_git"),
         skip_data=config.getoption("skip_data"),
     )
+
+
+def _parallel(config: pytest.Config) -> int:
+    given = config.getoption("parallel")
+    raw = given if given is not None else (config.getini("release_parallel") or "1")
+    where = "--parallel" if given is not None else "ini option release_parallel ="
+    if not str(raw).isdigit() or not 1 <= int(raw) <= MAX_PARALLEL:
+        raise ConfigError(f"{where} {raw!r} must be a whole number from 1 to {MAX_PARALLEL}")
+    return int(raw)
 
 
 def _stop_timeout(config: pytest.Config) -> int | None:
@@ -182,6 +205,9 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in MODES:
         config.addinivalue_line("markers", f"{name}: a step of release-phases' {name} run")
     config.addinivalue_line("markers", "phase(name): the release phase a step belongs to")
+    config.addinivalue_line(
+        "markers", "side_by_side: a per-service step that --parallel runs as a wave"
+    )
     config.addinivalue_line(
         "markers", "check: a step that runs even after another check failed (verify's)"
     )
@@ -225,7 +251,7 @@ def pytest_configure(config: pytest.Config) -> None:
     ledger = Ledger(phases=ctx.phases, start_phase=ctx.plan.start_phase)
     config.pluginmanager.register(Steps(ctx), "release-steps")
     config.pluginmanager.register(
-        Halting(ctx.phases, not_applicable(ctx.options)), "release-halting"
+        Halting(ctx.phases, not_applicable(ctx.options), in_wave(ctx.options)), "release-halting"
     )
     if mode == "release":
         config.pluginmanager.register(Selection(ctx, expr), "release-selection")
@@ -259,6 +285,27 @@ def step(request: pytest.FixtureRequest) -> Step:
     record = Step(phase=phase_of(item) or "", name=item.name, service=service_of(item))
     item.stash[STEP] = record
     return record
+
+
+@pytest.fixture(scope="session")
+def wave(release: ReleaseContext) -> Iterator[Wave | None]:
+    """The services migrated side by side, with --parallel above 1; else None."""
+    if release.options.parallel <= 1:
+        yield None
+        return
+    from release_phases import migrate
+    from release_phases.wave import Wave
+
+    services = release.state.services
+    migrating = Wave(
+        services,
+        {service: release.manifest(service).after for service in services},
+        release.options.parallel,
+        work=lambda service, step: migrate.migrate_service(release, service, step),
+        new_step=lambda service: Step(phase="migrate", name="test_migrate", service=service),
+    )
+    yield migrating
+    migrating.close()
 
 
 @pytest.fixture
@@ -296,6 +343,20 @@ def not_applicable(options: Options) -> Callable[[pytest.Item], str | None]:
         return None
 
     return reason
+
+
+def in_wave(options: Options) -> Callable[[pytest.Item], bool]:
+    """With --parallel above 1, the per-service steps marked `side_by_side` run as a
+    wave (`wave.Wave`): none depends on another, the step after them on all."""
+
+    def side_by_side(item: pytest.Item) -> bool:
+        return (
+            options.parallel > 1
+            and item.get_closest_marker("side_by_side") is not None
+            and service_of(item) is not None
+        )
+
+    return side_by_side
 
 
 class Steps:
@@ -350,9 +411,11 @@ class Halting:
         self,
         phases: Sequence[str],
         not_applicable: Callable[[pytest.Item], str | None] = lambda _item: None,
+        in_wave: Callable[[pytest.Item], bool] = lambda _item: False,
     ) -> None:
         self.phases = tuple(phases)
         self.not_applicable = not_applicable
+        self.in_wave = in_wave
         self.chain: dict[str, list[str]] = {}
 
     @pytest.hookimpl(wrapper=True)
@@ -369,10 +432,13 @@ class Halting:
             else:
                 steps.append(item)
         steps.sort(key=lambda item: self.phases.index(phase_of(item) or ""))  # stable
-        self.chain = dependencies(
-            [(i.nodeid, i.get_closest_marker("check") is not None) for i in steps]
-        )
+        self.chain = dependencies([(i.nodeid, self._kind(i)) for i in steps])
         return (yield)
+
+    def _kind(self, item: pytest.Item) -> str:
+        if item.get_closest_marker("check") is not None:
+            return CHECK
+        return WAVE if self.in_wave(item) else ORDINARY
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         for item in session.items:

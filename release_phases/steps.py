@@ -38,6 +38,14 @@ class Step:
     def detail(self, title: str, text: str) -> None:
         self.details.append((title, text))
 
+    def adopt(self, done: Step) -> None:
+        """Take what `done` (the same step's work, run elsewhere: a wave's thread) found."""
+        self.facts.update(done.facts)
+        self.backups.update(done.backups)
+        self.images.update(done.images)
+        self.log_fields.update(done.log_fields)
+        self.details.extend(done.details)
+
 
 #: Where a step item keeps its `Step`, for the plugin and the report.
 STEP = pytest.StashKey[Step]()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from release_phases.ledger import dependencies
+from release_phases.ledger import CHECK, ORDINARY, WAVE, dependencies
 
 PHASE_MODULES = {
     # Named so that file order is not phase order: the chain follows the phases.
@@ -109,18 +109,45 @@ def test_a_failed_check_does_not_skip_the_other_checks(pytester):
     ("steps", "expected"),
     [
         ([], {}),
-        ([("pull", False)], {"pull": []}),
+        ([("pull", ORDINARY)], {"pull": []}),
         (
-            [("pull", False), ("up[api]", False), ("up[web]", False), ("script", False)],
+            [
+                ("pull", ORDINARY),
+                ("up[api]", ORDINARY),
+                ("up[web]", ORDINARY),
+                ("script", ORDINARY),
+            ],
             {"pull": [], "up[api]": ["pull"], "up[web]": ["up[api]"], "script": ["up[web]"]},
         ),
         # Every check depends on the last step before the checks, never on another check.
         (
-            [("script", False), ("image[api]", True), ("health[api]", True), ("e2e", True)],
+            [("script", ORDINARY), ("image[api]", CHECK), ("health[api]", CHECK), ("e2e", CHECK)],
             {"script": [], "image[api]": ["script"], "health[api]": ["script"], "e2e": ["script"]},
         ),
         # A run that starts with checks (`-k verify`) has nothing before them in the run.
-        ([("image", True), ("health", True)], {"image": [], "health": []}),
+        ([("image", CHECK), ("health", CHECK)], {"image": [], "health": []}),
+        # A wave's steps (--parallel) each depend on the step before the wave; the step
+        # after it on all of them, and checks after it likewise.
+        (
+            [
+                ("ready", ORDINARY),
+                ("up[a]", WAVE),
+                ("up[b]", WAVE),
+                ("script", ORDINARY),
+                ("h", CHECK),
+            ],
+            {
+                "ready": [],
+                "up[a]": ["ready"],
+                "up[b]": ["ready"],
+                "script": ["up[a]", "up[b]"],
+                "h": ["script"],
+            },
+        ),
+        (
+            [("ready", ORDINARY), ("up[a]", WAVE), ("up[b]", WAVE), ("h", CHECK)],
+            {"ready": [], "up[a]": ["ready"], "up[b]": ["ready"], "h": ["up[a]", "up[b]"]},
+        ),
     ],
 )
 def test_the_chain_of_dependencies(steps, expected):

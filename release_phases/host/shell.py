@@ -224,6 +224,18 @@ _GRACE = 0.5
 _POLL = 0.1
 
 
+#: Held while echoing, so lines from commands run side by side do not interleave.
+_ECHO = threading.Lock()
+
+
+def _whole_lines(text: str, *, final: bool) -> tuple[str, str]:
+    """(what can be shown now, what waits for the rest of its line)."""
+    if final:
+        return (text + "\n" if text and not text.endswith("\n") else text), ""
+    cut = text.rfind("\n") + 1
+    return text[:cut], text[cut:]
+
+
 class _Output:
     """Collects raw output bytes as text, copying each chunk to ``echo`` as it comes,
     with secrets masked (a chunk that may end inside one waits for the next)."""
@@ -233,15 +245,22 @@ class _Output:
         self.masked = secrets.stream()
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.chunks: list[str] = []
+        # Commands run side by side (`--parallel`) each from a worker thread: their
+        # output is echoed whole lines at a time, so no line is cut by another's.
+        self.by_line = threading.current_thread() is not threading.main_thread()
+        self.partial = ""
 
     def feed(self, data: bytes, *, final: bool = False) -> None:
         chunk = self.decoder.decode(data, final=final)
         if chunk:
             self.chunks.append(chunk)
         shown = self.masked.feed(chunk) + (self.masked.flush() if final else "")
+        if self.by_line:
+            shown, self.partial = _whole_lines(self.partial + shown, final=final)
         if self.echo is not None and shown:
-            self.echo.write(shown)
-            self.echo.flush()
+            with _ECHO:
+                self.echo.write(shown)
+                self.echo.flush()
 
     def text(self) -> str:
         self.feed(b"", final=True)

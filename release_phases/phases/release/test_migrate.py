@@ -5,6 +5,7 @@ import pytest
 from release_phases import migrate
 from release_phases.context import ReleaseContext
 from release_phases.steps import Step
+from release_phases.wave import Wave
 
 pytestmark = [
     pytest.mark.release,
@@ -17,5 +18,15 @@ def test_ready(release: ReleaseContext, step: Step) -> None:
     step.detail("ready", "\n".join(migrate.ready(release, release.state.services, step)))
 
 
-def test_migrate(release: ReleaseContext, step: Step, service: str) -> None:
-    migrate.migrate_service(release, service, step)
+@pytest.mark.side_by_side
+def test_migrate(release: ReleaseContext, step: Step, service: str, wave: Wave | None) -> None:
+    if wave is None:
+        migrate.migrate_service(release, service, step)
+        return
+    # --parallel: the wave migrates the services side by side; this is one's outcome.
+    outcome = wave.outcome(service)
+    if outcome is None:
+        pytest.skip(f"not started: {wave.halted}")
+    step.adopt(outcome.step)
+    if outcome.error is not None:
+        raise outcome.error

@@ -1,0 +1,104 @@
+"""--parallel N: services migrated side by side, each still its own step."""
+
+from __future__ import annotations
+
+import pytest
+
+from selftests.support import engine
+from selftests.support.scenario import v1_running_v2_merged
+
+
+def _hook(record: str, name: str, seconds: int = 1) -> str:
+    """A pre_start_init hook that notes when it ran, and takes `seconds`."""
+    return (
+        f'echo "start {name} $(date +%s.%N)" >> {record}\n'
+        f"sleep {seconds}\n"
+        f'echo "end {name} $(date +%s.%N)" >> {record}\n'
+    )
+
+
+def _spans(record) -> dict[str, tuple[float, float]]:
+    marks: dict[str, dict[str, float]] = {}
+    for line in record.read_text().splitlines():
+        what, name, at = line.split()
+        marks.setdefault(name, {})[what] = float(at)
+    return {name: (m["start"], m["end"]) for name, m in marks.items()}
+
+
+def test_services_migrate_side_by_side_and_after_waits(deploy, make_service, tmp_path):
+    record = tmp_path / "hooks.log"
+    names = ("a", "b", "c", "d")
+    v1_running_v2_merged(
+        deploy,
+        make_service,
+        names,
+        files={f"packages/{n}/pre_start_init.sh": _hook(record, n) for n in names},
+    )
+    # d waits for a; with --parallel 3: a, b, c start together, d once a is healthy.
+    deploy.write("packages/d/manifest.yaml", _with_after(deploy, "d", ["a"]))
+    deploy.merge_feature("feature/77", "d after a")
+
+    run = engine.run(deploy.prod, "1234", "--parallel", "3")
+    assert run.rc == 0, run
+    spans = _spans(record)
+    assert set(spans) == set(names)
+    (a0, a1), (b0, b1), (c0, c1), (d0, _) = (spans[n] for n in names)
+    assert max(a0, b0, c0) < min(a1, b1, c1), f"a, b and c did not overlap: {spans}"
+    assert d0 > a1, f"d started before a was done: {spans}"
+    passed = [
+        e["service"]
+        for e in run.events
+        if e["phase"] == "migrate" and e["event"] == "step" and e.get("service")
+    ]
+    assert sorted(passed) == sorted(names), run.log_path.read_text()
+    assert run.state.phase == "verify" and run.state.phase_status == "done"
+
+
+@pytest.mark.reliability("fault", "--parallel: one service fails while others are under way")
+def test_a_failure_starts_nothing_more_and_the_rest_report(deploy, make_service, tmp_path):
+    record = tmp_path / "hooks.log"
+    names = ("a", "b", "c")
+    services = v1_running_v2_merged(
+        deploy,
+        make_service,
+        names,
+        v2_health={"a": "error"},
+        # b is still under way (8 s) when a's health wait gives up (3 s).
+        files={
+            "packages/b/pre_start_init.sh": _hook(record, "b", 8),
+            "packages/c/pre_start_init.sh": _hook(record, "c"),
+        },
+        timeout=3,
+    )
+    assert services["a"].tag.startswith("2-")
+    # c waits for b: with --parallel 2, a fails while b is under way; c never starts.
+    deploy.write("packages/c/manifest.yaml", _with_after(deploy, "c", ["b"]))
+    deploy.merge_feature("feature/78", "c after b")
+
+    run = engine.run(deploy.prod, "1234", "--parallel", "2")
+    assert run.rc != 0, run
+    steps = {
+        e["service"]: e["event"]
+        for e in run.events
+        if e["phase"] == "migrate" and e.get("service") and e["event"] in ("step", "failed")
+    }
+    assert steps == {"a": "failed", "b": "step"}, run.log_path.read_text()
+    assert "c" not in _spans(record), "c started after a failed"
+    assert "not started: the migrate of a failed" in run.output, run
+    assert run.state.phase == "migrate" and run.state.phase_status == "failed"
+    assert "--parallel 2" in run.output and "--from=migrate" in run.output, run
+
+
+def _with_after(deploy, name: str, after: list[str]) -> str:
+    text = (deploy.dev / "packages" / name / "manifest.yaml").read_text()
+    return text + f"after: [{', '.join(after)}]\n"
+
+
+@pytest.mark.reliability("bad input", "a --parallel that is no whole number from 1 to 32")
+@pytest.mark.parametrize("value", ["0", "-1", "two", "33", "1.5"])
+def test_a_parallel_that_is_no_count_is_refused(deploy, value):
+    deploy.clone_prod()
+    run = engine.run(deploy.prod, "1234", f"--parallel={value}")
+    assert run.rc == 4, run
+    assert f"--parallel {value!r} must be a whole number from 1 to 32" in run.output, run
+    assert not (deploy.prod / ".asd").exists()

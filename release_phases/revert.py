@@ -210,10 +210,10 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
         _set_aside_dump(ctx, service, restoring, step)
     try:
         _stop(ctx, service, project, step)
-        shown = _restore_volumes(service, restoring, step) if restoring is not None else []
+        shown = _restore_volumes(ctx, service, restoring, step) if restoring is not None else []
         _create(ctx, service, project, step, restored=restoring is not None)
         if restoring is not None:
-            _restore_paths(service, restoring, step, shown)
+            _restore_paths(ctx, service, restoring, step, shown)
         else:
             step.detail("data", "--skip-data: the backup was not restored")
     except BaseException:
@@ -339,18 +339,23 @@ def _create(
     step.detail("compose up --no-start", f"$ {render(create)}\n{created.output}")
 
 
-def _restore_volumes(service: str, restoring: backup.Restore, step: Step) -> list[str]:
+def _restore_volumes(
+    ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step
+) -> list[str]:
     """Set aside what stands, then restore the volumes; what was done, shown at once so
     that a failure later in the step still reports it."""
-    with _worded("restore", before=f"{service} is stopped"):
+    with _worded("restore", before=f"{service} is stopped", then=ctx.options.command()):
         lines = restoring.volumes()
     if lines:
         step.detail("restore volumes", "\n".join(lines))
     return lines
 
 
-def _restore_paths(service: str, restoring: backup.Restore, step: Step, shown: list[str]) -> None:
-    with _worded("restore", before=f"{service} is created at the reverted code, not started"):
+def _restore_paths(
+    ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step, shown: list[str]
+) -> None:
+    created = f"{service} is created at the reverted code, not started"
+    with _worded("restore", before=created, then=ctx.options.command()):
         report = restoring.paths()
     undo = f"undo: stamp {report.undo_stamp} ({restoring.undo})"
     step.detail("restore", "\n".join([*report.actions[len(shown) :], undo]))

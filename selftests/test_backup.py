@@ -175,7 +175,7 @@ def test_restore_puts_back_volume_and_path_byte_identical(
         Restore(host, manifest, project(svc, manifest), root, record.stamp).volumes()
     # The next command is the detected Compose's, for exactly this project.
     stop = render(project(svc, manifest).argv("stop"))
-    assert refused.value.next_command == f"stop them first: {stop}, then rerun the revert"
+    assert refused.value.next_command == f"stop them first: {stop}"
     assert web.read("/data/web-data/a.txt") == b"changed\n"
 
     compose(svc, manifest, "stop")

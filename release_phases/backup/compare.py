@@ -91,7 +91,7 @@ def check_restored(
             f"restore of {deployed.service} {entry.label} from {record.stamp} does not match"
             f" {entry.archive}: {', '.join(differ[:10]) or 'member order'} differ",
             untouched=undo,
-            next_command=f"inspect {record.directory}, then rerun the revert",
+            next_command=f"inspect {record.directory}",
         )
 
 

@@ -46,6 +46,9 @@ STOPPED_STATES = frozenset({"created", "exited", "dead"})
 class Restore:
     """Putting one backup back, step by step in the revert's order.
 
+    Its errors name what to do about their cause; the revert adds the command that
+    goes on (the revert itself, run again, which starts each step afresh).
+
     1. ``Restore(...)`` verifies the backup; nothing is touched.
     2. ``preflight()``, while the service still runs: refuses what the restore could
        not finish (a volume another service's container holds, no local image to
@@ -86,9 +89,7 @@ class Restore:
         self.timeout = timeout
         self._aside: Writer | None = None
         self.replaced: BackupRecord | None = None
-        #: The image the throwaway containers are made from, found while the service's
-        #: containers still exist (they are removed before the volumes are restored).
-        self._image: str | None = None
+        self._image: str | None = None  # see _require_image
         self._actions: list[str] = []
 
     @property
@@ -112,13 +113,8 @@ class Restore:
         deployed = self.deployed
         lines = []
         volumes = self._of_kind("volume")
-        if volumes and self._helper_image() is None:
-            raise ReleaseError(
-                f"cannot restore {deployed.service}: no local image to mount volumes in"
-                f" (no container, and {deployed.manifest.image.ref} is not local)",
-                untouched=NOTHING_RESTORED,
-                next_command=f"docker pull {deployed.manifest.image.ref}",
-            )
+        if volumes:
+            self._require_image()
         for entry in volumes:
             volume = deployed.current_volume(entry)
             if volume is None:
@@ -132,9 +128,19 @@ class Restore:
             )
         return lines
 
-    def _helper_image(self) -> str | None:
+    def _require_image(self) -> str:
+        """The image to create the throwaway containers from, found once: the service's
+        containers, whose image it is, are removed before the volumes are restored."""
         if self._image is None:
             self._image = self.deployed.helper_image()
+        if self._image is None:
+            ref = self.deployed.manifest.image.ref
+            raise ReleaseError(
+                f"cannot restore {self.deployed.service}: no local image to mount volumes in"
+                f" (no container, and {ref} is not local)",
+                untouched=NOTHING_RESTORED,
+                next_command=f"docker pull {ref}",
+            )
         return self._image
 
     def _holders(self, entry: Entry, volume: Volume) -> list[Container]:
@@ -210,7 +216,7 @@ class Restore:
         """With the service stopped: set aside what stands in its volumes and paths, then
         put the backup's volumes back; a line per volume."""
         deployed, record = self.deployed, self.record
-        image = self._helper_image()
+        image = self._require_image() if self._of_kind("volume") else ""
         first = deployed.first_container()
         writer = self._writer()
         with writer.guard():
@@ -229,7 +235,6 @@ class Restore:
                 lines.append(f"removed the stopped containers holding its volumes: {names}")
         for entry in self._of_kind("volume"):
             with self._failing(entry.label):
-                assert image is not None  # checked in _stopped_holders
                 lines.append(_restore_volume(deployed, record, entry, image))
                 check_restored(deployed, record, entry, None, self.undo, image=image)
         self._actions += lines
@@ -238,8 +243,6 @@ class Restore:
     def _stopped_holders(self) -> list[Container]:
         """The service's containers holding a volume to restore, refused unless stopped."""
         deployed = self.deployed
-        if self._of_kind("volume") and self._image is None:
-            self.preflight()  # raises: there is no image to mount the volumes in
         holders: dict[str, Container] = {}
         for entry in self._of_kind("volume"):
             volume = deployed.current_volume(entry)
@@ -250,7 +253,7 @@ class Restore:
             raise ReleaseError(
                 f"cannot restore {deployed.service}'s volumes: {', '.join(running)} still running",
                 untouched=NOTHING_RESTORED,
-                next_command=f"stop them first: {deployed.compose('stop')}, then rerun the revert",
+                next_command=f"stop them first: {deployed.compose('stop')}",
             )
         return list(holders.values())
 
@@ -282,8 +285,7 @@ class Restore:
                 f"restore of {self.deployed.service} {what} from {self.record.stamp} failed: {exc}",
                 untouched=self.undo,
                 next_command=(
-                    "fix the cause, then rerun the revert, which restores it again from"
-                    f" the same backup; to see the containers: {self.deployed.compose('ps', '-a')}"
+                    f"fix the cause (to see the containers: {self.deployed.compose('ps', '-a')})"
                 ),
             ) from None
 
@@ -347,16 +349,13 @@ def _refuse_container(deployed: Deployed, entry: Entry, first: Container | None)
             f"cannot restore {deployed.service} {entry.label}: no container of {service}"
             " exists to restore it into",
             untouched="the paths: nothing was written to them",
-            next_command=(
-                "rerun the revert, which creates the containers before it restores paths;"
-                f" by hand: {deployed.compose('create', service)}"
-            ),
+            next_command=f"see why: {deployed.compose('ps', '-a', service)}",
         )
     if first.status not in STOPPED_STATES:
         raise ReleaseError(
             f"cannot restore {deployed.service} {entry.label}: {first.name} is {first.status}",
             untouched="the paths: nothing was written to them",
-            next_command=f"stop it first: {deployed.compose('stop')}, then rerun the revert",
+            next_command=f"stop it first: {deployed.compose('stop')}",
         )
 
 

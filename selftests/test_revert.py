@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 import docker.errors
@@ -450,4 +451,56 @@ def test_a_volume_another_container_holds_is_refused_before_anything_stops(
     again = engine.run(deploy.prod, "1234", mode="revert")
     assert again.rc == 0, again
     reverted = container(docker_client, svc)
+    assert (_tree(reverted, "/data/static-data"), _tree(reverted, "/srv/state")) == before
+
+
+@pytest.mark.reliability(
+    "fault",
+    "a container takes the volume while the revert stops the service: the printed"
+    " next command finishes it",
+)
+def test_a_volume_taken_while_the_service_stops_fails_the_restore_and_the_next_command_works(
+    deploy, bare_released, docker_client, request
+):
+    svc, before = bare_released
+    v2 = container(docker_client, svc)
+    taken: list[str] = []
+    # busybox httpd as PID 1 ignores SIGTERM, so `compose stop` waits its full second
+    # (release_stop_timeout=1) after the kill event: the preflight has passed by then,
+    # and the volume is taken before the restore looks at it again.
+    events = docker_client.events(decode=True, filters={"container": v2.id, "event": "kill"})
+
+    def take_the_volume() -> None:
+        for _ in events:
+            other = docker.from_env().containers.create(
+                f"{svc.repository}:1",
+                name=f"{svc.project}-late",
+                labels={LABEL: RUN_ID},
+                mounts=[docker.types.Mount("/data", f"{svc.project}_static-data", type="volume")],
+            )
+            taken.append(str(other.id))
+            break
+        events.close()
+
+    request.addfinalizer(lambda: [_remove(docker_client, held) for held in taken])
+    taker = threading.Thread(target=take_the_volume, daemon=True)
+    taker.start()
+    run = engine.run(deploy.prod, "1234", mode="revert")
+    taker.join(timeout=30)
+    events.close()  # ends the wait, should the service never have been stopped
+
+    assert taken, "the service was never stopped"
+    assert run.rc == 1, run
+    failed = run.event("revert", "failed")
+    assert (failed["service"], failed["step"]) == ("static", "restore")
+    assert "static is stopped; the service and its data: nothing was restored" in run.output
+    (next_line,) = [line for line in run.output.splitlines() if line.startswith("next: ")]
+    printed = re.findall(r"`(docker rm -f [^`]+)`", next_line)
+    assert printed == [f"docker rm -f {svc.project}-late"], next_line
+    assert next_line.endswith("then pytest -m revert --ticket 1234"), next_line
+    subprocess.run(shlex.split(printed[0]), check=True, capture_output=True)
+    again = engine.run(deploy.prod, "1234", mode="revert")
+    assert again.rc == 0, again
+    reverted = container(docker_client, svc)
+    assert reverted.status == "running"
     assert (_tree(reverted, "/data/static-data"), _tree(reverted, "/srv/state")) == before

@@ -19,6 +19,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
+import yaml
 
 from release_phases import atomic
 from release_phases.backup import BackupRecord, Restore, RestoreReport, take, verify
@@ -204,6 +205,43 @@ def test_restore_puts_back_volume_and_path_byte_identical(
     assert web.read("/data/web-data/new.txt") == b"added after the backup\n"
     assert web.read("/srv/data/config") == b"v2\n"
     assert web.names("/srv/data") == {"config", "extra", "sub"}
+
+
+@pytest.mark.docker
+def test_an_external_volume_is_restored_and_stays_one_made_by_hand(
+    deploy, make_service, docker_client, host, volumes, root: Path, request
+) -> None:
+    svc = make_service("ext")
+    name = f"{svc.project}-shared"
+    volumes(name)  # by hand, as an operator makes an external volume
+    made = docker_client.volumes.get(name).attrs
+    deploy.write_service(svc, extra_manifest={"backup": {"volumes": [name]}})
+    compose_file = deploy.dev / "packages" / "ext" / "compose.yaml"
+    spec = yaml.safe_load(compose_file.read_text())
+    spec["services"]["ext"]["volumes"] = [f"{name}:/data/ext"]
+    spec["volumes"] = {name: {"external": True}}
+    compose_file.write_text(yaml.safe_dump(spec))
+    manifest = load(deploy.dev, svc.name)
+    request.addfinalizer(lambda: compose(svc, manifest, "down"))
+    compose(svc, manifest, "up", "-d")
+    ext = Box(docker_client, svc)
+    ext.write("/data/ext/kept", BINARY)
+    record = take(host, manifest, project(svc, manifest), root)
+    ext.write("/data/ext/later", b"added after the backup\n")
+
+    compose(svc, manifest, "stop")
+    report = restore(host, svc, manifest, root, record.stamp)
+    compose(svc, manifest, "start")
+
+    assert ext.names("/data/ext") == {"kept"}
+    assert ext.read("/data/ext/kept") == BINARY
+    again = docker_client.volumes.get(name).attrs
+    assert (again["Labels"], again["Driver"], again["Options"]) == (
+        made["Labels"],
+        made["Driver"],
+        made["Options"],
+    )
+    assert f"volume {name}: removed and created again" in "\n".join(report.actions)
 
 
 @pytest.mark.docker

@@ -7,11 +7,13 @@ they read is the journal's, which only the plugin writes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from release_phases import PHASES, manifest, scripts
+from release_phases import PHASES, manifest, masking, scripts
 from release_phases import plan as planning
+from release_phases.errors import ReleaseError
 from release_phases.host import ComposeProject, Host
 from release_phases.host.compose import project_of
 from release_phases.host.git import Git
@@ -41,7 +43,9 @@ class ReleaseContext:
         found = paths.found_state()
         plan = planning.make(options, start_phase, host.git, paths, found)
         journal = Journal(paths, found, branch=options.branch, ticket_scripts=plan.ticket_scripts)
-        return cls(options, plan, paths, host, journal, found)
+        ctx = cls(options, plan, paths, host, journal, found)
+        ctx.learn_secrets([*plan.services, *(found.services if found else ())])
+        return ctx
 
     @property
     def state(self) -> State:
@@ -66,8 +70,9 @@ class ReleaseContext:
         return self.host.git
 
     def manifest(self, service: str) -> Manifest:
-        """The service's manifest as it stands in the worktree (after the pull)."""
-        return manifest.load(self.repo, service)
+        """The service's manifest as it stands in the worktree (after the pull). A revert
+        reads it as deployed (`manifest.parse`): it goes back to what ran."""
+        return manifest.load(self.repo, service, deployed=self.options.mode == "revert")
 
     def project(self, manifest: Manifest) -> ComposeProject:
         """The compose project of a service, as its manifest in the worktree declares it."""
@@ -79,7 +84,11 @@ class ReleaseContext:
 
         Its backup is taken by these declarations: the data on disk was made by the
         running version, and a release that adds a volume must not fail for the volume
-        not existing yet.
+        not existing yet. It is read as deployed: an unknown key an older engine let
+        through is left out (`Manifest.ignored`). When one was under `backup:`, the
+        running version's backup declaration is not what its authors meant, and the
+        release's own (checked when planned) is taken instead: a misspelt
+        `backup.pahts` must not cost the backup of the release that corrects it.
         """
         base = self.state.base_sha
         rel = f"packages/{service}"
@@ -93,12 +102,26 @@ class ReleaseContext:
             package_dir=self.repo / rel,
             source=f"{rel}/manifest.yaml at BASE_SHA {base[:12]}",
             exists=lambda name: self.git.exists(base, f"{rel}/{name}"),
+            deployed=True,
         )
+        if any(note.startswith("backup") for note in declared.ignored):
+            declared = replace(declared, backup=self.manifest(service).backup)
         compose_text = self.git.show(base, f"{rel}/{declared.compose_file.name}") or ""
         project = project_of(
             self.host.compose, declared, self.options.stop_timeout, text=compose_text
         )
         return declared, project
+
+    def learn_secrets(self, services: Sequence[str]) -> None:
+        """Add the secrets the services' compose files give them (in the worktree as it
+        stands) to those the run masks. A service whose manifest cannot be read has none
+        to add here: the step that needs it says what is wrong."""
+        for service in services:
+            try:
+                compose_file = self.manifest(service).compose_file
+            except ReleaseError:
+                continue
+            masking.KNOWN.add(masking.from_compose(compose_file))
 
     def script_env(self, service: str | None = None) -> dict[str, str]:
         """The environment of a hook (with its SERVICE) or a ticket script."""

@@ -7,6 +7,8 @@ the terminal, the log and the HTML report.
 
 from __future__ import annotations
 
+from release_phases.masking import mask
+
 
 class ReleaseError(Exception):
     """A failure with a message for the operator.
@@ -34,12 +36,14 @@ class ReleaseError(Exception):
         self.rc = rc
 
     def __str__(self) -> str:
+        """The message as the terminal, the log and the report show it: a command's
+        output or argv quoted in it has the run's secrets masked."""
         lines = [self.what]
         if self.untouched:
             lines.append(f"Left untouched: {self.untouched}")
         if self.next_command:
             lines.append(f"Next: {self.next_command}")
-        return "\n".join(lines)
+        return mask("\n".join(lines))
 
 
 class ConfigError(ReleaseError):

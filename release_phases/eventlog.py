@@ -2,6 +2,8 @@
 
 One line per event, `TIME ticket=T phase=P event=E key=value ...`, flushed and
 fsynced as it happens so a post-mortem after a crash still sees the last event.
+A field's value has the run's secrets masked (`masking`); the time, ticket, phase
+and event are the engine's own words.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import shlex
 from pathlib import Path
 
 from release_phases import clock
+from release_phases.masking import mask
 
 _PLAIN = re.compile(r"[A-Za-z0-9._:/@+=,-]+")
 
 
 def _value(value: object) -> str:
-    text = str(value)
+    text = mask(str(value))
     if _PLAIN.fullmatch(text):
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")

@@ -9,6 +9,7 @@ stops the service there; the plugin halts every later step.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from release_phases import backup, health, probing, scripts
 from release_phases.context import ReleaseContext
@@ -28,24 +29,30 @@ def hooks_of(manifest: Manifest) -> list[scripts.Script]:
     return [hook for hook in found if hook is not None]
 
 
-def absent_images(ctx: ReleaseContext, project: ComposeProject) -> tuple[list[str], str]:
+def absent_images(
+    ctx: ReleaseContext, project: ComposeProject, config: dict[str, Any]
+) -> tuple[list[str], str]:
     """Images the service needs that are not on this host, after trying to pull them.
 
     Returns them with the pull's output (empty when no pull was tried). Pulling is
     skipped with the ini option `release_pull = false` (hosts without a registry).
+    ``config`` is the project's `compose_config`.
     """
-    absent = ctx.host.missing_images(project)
+    absent = ctx.host.missing_images(project, config)
     if not absent or not ctx.options.pull:
         return absent, ""
     argv = project.pull()
     result = ctx.host.run(argv, check=False, timeout=ctx.options.compose_timeout)
-    return ctx.host.missing_images(project), f"$ {render(argv)}\n{result.output}"
+    return ctx.host.missing_images(project, config), f"$ {render(argv)}\n{result.output}"
 
 
-def to_build(ctx: ReleaseContext, manifest: Manifest, project: ComposeProject) -> list[str]:
+def to_build(
+    ctx: ReleaseContext, manifest: Manifest, project: ComposeProject, config: dict[str, Any]
+) -> list[str]:
     """The service's compose services that compose builds (a `build:` section); each
-    must be tagged as the manifest's image.name:image.tag, which verify checks."""
-    built = compose.built_in_config(ctx.host.compose_config(project), project.services)
+    must be tagged as the manifest's image.name:image.tag, which verify checks.
+    ``config`` is the project's `compose_config`."""
+    built = compose.built_in_config(config, project.services)
     expected = manifest.image.ref
     for name, image in built:
         if image != expected:
@@ -89,16 +96,18 @@ def ready(ctx: ReleaseContext, services: list[str], step: Step) -> list[str]:
     for service in services:
         manifest = ctx.manifest(service)
         project = ctx.project(manifest)
-        planned.append((manifest, project, to_build(ctx, manifest, project)))
+        # Read once: a build or a pull changes no compose file.
+        config = ctx.host.compose_config(project)
+        planned.append((manifest, project, config, to_build(ctx, manifest, project, config)))
         needed += hooks_of(manifest)
     needed += scripts.find_ticket_scripts(ctx.repo, ctx.ticket)
     scripts.preflight(needed)
     missing: list[str] = []
-    for manifest, project, names in planned:
+    for manifest, project, config, names in planned:
         if names:
             step.detail(f"build of {manifest.service}", build(ctx, manifest, project, names))
             lines.append(f"{manifest.service}: built {manifest.image.ref}")
-        absent, pulled = absent_images(ctx, project)
+        absent, pulled = absent_images(ctx, project, config)
         missing += [f"{image} (for {manifest.service})" for image in absent]
         if pulled:
             lines.append(pulled)

@@ -26,6 +26,7 @@ pytest-dependency's gaps, closed here and nowhere else:
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 from collections.abc import Callable, Generator, Sequence
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from release_phases import PHASES, atomic, selection
+from release_phases import PHASES, atomic, masking, selection
 from release_phases.errors import ConfigError, ReleaseError
 from release_phases.ledger import Failure, Ledger, dependencies
 from release_phases.options import Options, validate_branch, validate_sha, validate_ticket
@@ -194,6 +195,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # The machinery loads here, for a release run only.
     from release_phases.context import ReleaseContext
 
+    # Known before anything is planned, printed or written: an error met while
+    # planning is masked too. The compose files' secrets are added by the context.
+    masking.KNOWN.add(masking.from_environ(os.environ))
     try:
         options = options_from(config, mode)
         keyword = config.option.keyword
@@ -439,7 +443,21 @@ class Selection:
         lines += [f"  {line}" for line in plan.describe()]
         if self.satisfied:
             lines.append(f"  done in an earlier run: {' '.join(self.satisfied)}")
-        return lines
+        return [masking.mask(line) for line in lines]  # a problem may quote a command's output
+
+
+def mask_report(rep: pytest.TestReport) -> None:
+    """The run's secrets out of what pytest prints and pytest-html keeps of a test: its
+    traceback or message, its skip reason and its captured output."""
+    longrepr = rep.longrepr
+    if isinstance(longrepr, tuple):  # a skip: (file, line, reason)
+        path, line, reason = longrepr
+        rep.longrepr = (path, line, masking.mask(reason))
+    elif longrepr is not None:
+        text = rep.longreprtext
+        if masking.mask(text) != text:  # else keep pytest's own object, with its colours
+            rep.longrepr = masking.mask(text)
+    rep.sections = [(title, masking.mask(content)) for title, content in rep.sections]
 
 
 def register_passed(any_item: pytest.Item, names: Sequence[str]) -> None:
@@ -557,6 +575,7 @@ class Record:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         rep = yield
+        mask_report(rep)
         phase = phase_of(item)
         if phase is None:
             return rep
@@ -623,4 +642,4 @@ class Record:
         if html:
             lines.append(f"report: {html}")
         lines.append(f"next: {summary.next_command}")
-        return lines
+        return [masking.mask(line) for line in lines]

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from release_phases import backup, hostchecks
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
+from release_phases.host import ComposeProject
+from release_phases.manifest import Manifest
 from release_phases.plan import services_between
 from release_phases.scripts import find_ticket_scripts
 from release_phases.state import image_key
@@ -139,16 +141,19 @@ def discover(ctx: ReleaseContext, base: str, merge: str) -> tuple[list[str], lis
             untouched=f"containers and data; the code was pulled to {merge}",
             next_command=ctx.options.command(f"--base-sha {base}"),
         )
+    # The compose files as merged may name env_files the planned (older) ones did not.
+    ctx.learn_secrets(services)
     return services, scripts
 
 
-def backup_service(ctx: ReleaseContext, service: str) -> backup.BackupRecord | None:
-    """Back up what the service declared before this release (see `declared_before`).
+def backup_service(
+    ctx: ReleaseContext, declared: Manifest, project: ComposeProject
+) -> backup.BackupRecord | None:
+    """Back up what the service declared before this release (`ctx.declared_before`).
 
     None when that declaration says ``backup.when: stopped``: migrate takes the
     backup, between stopping the old containers and starting the new ones.
     """
-    declared, project = ctx.declared_before(service)
     if declared.backup.when_stopped:
         return None
     try:

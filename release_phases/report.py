@@ -11,14 +11,16 @@ Everything on top is read at the very end: the plugin's Record writes the last
 state in a tryfirst `pytest_sessionfinish`, before pytest-html asks for the
 summary, and the outcome, where it stopped and the next command are the
 ledger's `Summary`, the same the terminal prints.
-Every value is escaped, and the file refers to nothing outside itself.
+Every value is escaped, and the file refers to nothing outside itself; what it
+quotes (outputs, the state file, the log, error messages) has the run's secrets
+masked, in the same `escape` that every value passes through.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from html import escape
+from html import escape as html_escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,7 @@ from pytest_html import extras
 from release_phases import PHASES, clock
 from release_phases.errors import ConfigError
 from release_phases.ledger import Outcome, Summary
+from release_phases.masking import mask
 from release_phases.state import ALL_PHASES, State
 from release_phases.steps import STEP
 
@@ -48,6 +51,12 @@ STYLE = """
 .release .outcome-ok { color: #070; font-weight: bold; }
 .release-detail h4 { margin: 0.6em 0 0.2em; font-size: 14px; }
 """
+
+
+def escape(text: str) -> str:
+    """``text`` for HTML, with the run's secrets masked (before escaping, so a secret
+    with `&` or `<` in it is still recognised)."""
+    return html_escape(mask(text))
 
 
 def detail_html(title: str, text: str) -> str:

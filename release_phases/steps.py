@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from release_phases import state
+
 
 @dataclass
 class Step:
@@ -26,6 +28,11 @@ class Step:
     details: list[tuple[str, str]] = field(default_factory=list)
 
     def record(self, **facts: str) -> None:
+        # The state file's reader refuses keys it does not know: a fact under any other
+        # name would be written, then make the file unreadable for the next run.
+        unknown = sorted(set(facts) - state.KNOWN_KEYS)
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not keys of the state file (state.py)")
         self.facts.update(facts)
 
     def detail(self, title: str, text: str) -> None:

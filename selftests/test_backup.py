@@ -556,11 +556,11 @@ def test_a_dump_entry_is_read_back_and_verify_checks_its_file(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        ({"dump": None}, "has its dump commands"),
-        ({"kind": "volume"}, "has its dump commands"),
-        ({"dump": {**DUMP, "restore": []}}, "dump restore [] is not an argv list"),
-        ({"dump": {"command": "tar -c ."}}, "is not an argv list"),
-        ({"kind": "snapshot"}, "not one of volume, path, dump"),
+        ({"dump": None}, "entries[0] has dump commands exactly when its kind is dump"),
+        ({"kind": "volume"}, "entries[0] has dump commands exactly when its kind is dump"),
+        ({"dump": {**DUMP, "restore": []}}, "entries[0].dump.restore must not be empty"),
+        ({"dump": {"command": "tar -c ."}}, "entries[0].dump.command must be list, got str"),
+        ({"kind": "snapshot"}, "entries[0].kind is 'snapshot', not one of volume, path, dump"),
     ],
 )
 def test_a_malformed_dump_entry_is_refused(tmp_path: Path, change: dict, problem: str) -> None:
@@ -569,3 +569,99 @@ def test_a_malformed_dump_entry_is_refused(tmp_path: Path, change: dict, problem
     with pytest.raises(ReleaseError, match="unreadable") as failed:
         verify(tmp_path, "db", "20240101_000000")
     assert problem in str(failed.value)
+
+
+# -- a record.json edited by hand or cut short -----------------------------------------------
+
+ARCHIVE = b"an archive\n"
+VOLUME_ENTRY = {
+    "kind": "volume",
+    "name": "data",
+    "target": "proj_data",
+    "absent": False,
+    "archive": "01-volume-data.tar",
+    "sha256": hashlib.sha256(ARCHIVE).hexdigest(),
+    "container": "",
+    "volume": {"driver": "local", "options": {}, "labels": {"a": "b"}},
+    "dump": None,
+}
+
+
+def _valid_record(tmp_path: Path) -> Path:
+    """A record as take() writes it (every key, nulls included); returns its path."""
+    directory = tmp_path / "db" / "20240101_000000"
+    _record_with(directory, VOLUME_ENTRY, {"01-volume-data.tar": ARCHIVE})
+    path = directory / "record.json"
+    record = json.loads(path.read_text())
+    record.update(project="proj", taken_at="2024-01-01T00:00:00Z", note="", nothing_declared=False)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    assert verify(tmp_path, "db", "20240101_000000").entries[0].volume.labels == {"a": "b"}
+    return path
+
+
+@pytest.mark.reliability("bad input", "an unknown key in a backup record")
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        ('"taken_at"', '"taken_on"', "taken_on is not a known key; did you mean taken_at?"),
+        (
+            '"sha256"',
+            '"sha265"',
+            "entries[0].sha265 is not a known key; did you mean entries[0].sha256?",
+        ),
+        (
+            '"labels"',
+            '"label"',
+            "entries[0].volume.label is not a known key; did you mean entries[0].volume.labels?",
+        ),
+    ],
+)
+def test_an_unknown_key_in_a_record_is_refused_with_the_nearest_known_one(
+    tmp_path: Path, old: str, new: str, said: str
+) -> None:
+    path = _valid_record(tmp_path)
+    path.write_text(path.read_text().replace(old, new, 1))
+    with pytest.raises(ReleaseError) as failed:
+        verify(tmp_path, "db", "20240101_000000")
+    assert f"backup record {path} is unreadable: {said}" in str(failed.value)
+    assert "nothing was restored" in str(failed.value)
+
+
+@pytest.mark.reliability("bad input", "a backup record edited by hand")
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        ('"format": 1', '"format": 2', "format is 2, expected 1"),
+        ('"format": 1', '"format": true', "format is True, expected 1"),
+        ('"absent": false', '"absent": 0', "entries[0].absent must be bool, got int 0"),
+        (
+            '"nothing_declared": false',
+            '"nothing_declared": true',
+            "says nothing_declared: true with 1 entries",
+        ),
+        ('"01-volume-data.tar"', '".."', "entries[0].archive is '..', not a file name"),
+        ('"project": "proj"', '"project": "proj", "project": "other"', "'project' appears twice"),
+        ('"driver": "local"', '"driver": null', "entries[0].volume.driver must be str"),
+    ],
+    ids=["format", "format-bool", "absent-int", "nothing-declared", "archive", "twice", "null"],
+)
+def test_a_hand_edited_record_is_refused_naming_the_key(
+    tmp_path: Path, old: str, new: str, said: str
+) -> None:
+    path = _valid_record(tmp_path)
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new, 1))
+    with pytest.raises(ReleaseError) as failed:
+        verify(tmp_path, "db", "20240101_000000")
+    assert f"backup record {path} is unreadable: " in str(failed.value)
+    assert said in str(failed.value), str(failed.value)
+
+
+@pytest.mark.reliability("bad input", "a backup record cut short")
+def test_a_record_cut_anywhere_is_refused(tmp_path: Path) -> None:
+    path = _valid_record(tmp_path)
+    whole = path.read_text().rstrip("\n")
+    for end in range(len(whole)):
+        path.write_text(whole[:end])
+        with pytest.raises(ReleaseError, match=r"record\.json is unreadable"):
+            verify(tmp_path, "db", "20240101_000000")

@@ -116,3 +116,34 @@ def test_a_fetch_waits_for_a_ref_another_git_process_has_locked(tmp_path, monkey
     monkeypatch.setattr(gitops, "FETCH_RETRIES", (0.0,))
     with pytest.raises(CommandFailed, match="cannot lock ref"):
         gitops.Git(prod, Runner()).fetch()
+
+
+def test_many_files_are_read_in_one_batch_as_show_reads_them_one_by_one(tmp_path):
+    repo = git.Repo.init(tmp_path, initial_branch="main")
+    files = {
+        "packages/a/manifest.yaml": "image: {name: a, tag: '1'}\n",
+        "packages/b/manifest.yaml": "",
+        "packages/b/deploy/compose.yaml": "services: {}\n",
+        "packages/c/data.bin": "line one\nline two without end",
+    }
+    for path, text in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    repo.index.add(list(files))
+    repo.index.commit("packages")
+    ops = gitops.Git(tmp_path, Runner())
+    asked = [*files, "packages/missing/manifest.yaml"]
+    batch = ops.show_many("HEAD", [*asked, "packages/b/deploy"])
+    shown = {path: ops.show("HEAD", path) for path in asked}
+    assert {path: (batch[path] or b"").decode() or None for path in asked} == {
+        path: text or None for path, text in shown.items()
+    }
+    assert batch["packages/missing/manifest.yaml"] is None
+    # A directory is no file (`git show` would list it).
+    assert batch["packages/b/deploy"] is None and batch["packages/b/manifest.yaml"] == b""
+    assert ops.files_in("HEAD", ["packages/b/", "packages/c/"]) == {
+        "packages/b/manifest.yaml",
+        "packages/b/deploy/compose.yaml",
+        "packages/c/data.bin",
+    }
+    assert ops.files_in("HEAD", []) == set()

@@ -196,11 +196,28 @@ def test_release_without_ticket_does_not_run(deploy):
             "health: {endpoint: 'http://127.0.0.1:1/h', timeout: soon}\n",
             "health.timeout",
         ),
+        pytest.param(
+            "image: {name: demo/web, tag: '2'}\n"
+            "health: {endpoint: 'http://127.0.0.1:1/h'}\n"
+            "backup: {volumes: [data], pahts: [/srv/data]}\n",
+            "backup.pahts is not a known key; did you mean backup.paths?",
+            marks=pytest.mark.reliability("bad input", "a misspelt backup key, end to end"),
+            id="typo",
+        ),
+        pytest.param(
+            b"image: {name: demo/w\xffeb, tag: '2'}\nhealth: {endpoint: 'http://127.0.0.1:1/h'}\n",
+            "byte 20 is not UTF-8",
+            marks=pytest.mark.reliability("bad input", "a manifest that is not UTF-8, end to end"),
+            id="not-utf-8",
+        ),
     ],
 )
 def test_malformed_manifests_are_refused_naming_file_and_key(deploy, make_service, manifest, key):
     web_on_prod(deploy, make_service)
-    deploy.write("packages/web/manifest.yaml", manifest)
+    if isinstance(manifest, bytes):
+        (deploy.dev / "packages/web/manifest.yaml").write_bytes(manifest)
+    else:
+        deploy.write("packages/web/manifest.yaml", manifest)
     deploy.merge_feature("feature/8", "break the manifest")
     before = _tree_snapshot(deploy)
 
@@ -382,3 +399,27 @@ def test_a_plain_rerun_resumes_a_prepare_that_stopped_after_its_pull(deploy, mak
     assert again.state.base_sha == base, "BASE_SHA is the state file's, not HEAD"
     assert again.state.services == ["web"]
     assert (again.state.phase, again.state.phase_status) == ("verify", "done")
+
+
+@pytest.mark.reliability("bad input", "a misspelt backup key already deployed, fixed by a release")
+def test_a_release_that_fixes_a_misspelt_key_in_the_running_manifest(deploy, make_service):
+    """Prod runs a manifest an older engine accepted (`backup.pahts`, ignored then); the
+    release that corrects it to `paths` goes through, backs up what the fix declares
+    and says why; the revert, back to the misspelt manifest, reads it the same way."""
+    web = make_service("web")
+    deploy.write_service(web, extra_manifest={"backup": {"pahts": ["/www"]}})
+    deploy.commit("web, with a misspelt backup key")
+    deploy.push()
+    deploy.clone_prod()
+    up(deploy, web)
+    deploy.write_service(web, extra_manifest={"backup": {"paths": ["/www"]}})
+    deploy.merge_feature("feature/42", "ticket 42: spell backup.paths right")
+
+    run = engine.run(deploy.prod, "42")
+    assert run.rc == 0, run
+    assert "ignored=backup.pahts" in run.log_path.read_text()
+    record = deploy.prod / ".asd/workspace/backups/web" / run.state.backups["web"]
+    assert '"/www"' in (record / "record.json").read_text(), "the fix's paths were backed up"
+    reverted = engine.run(deploy.prod, "42", mode="revert")
+    assert reverted.rc == 0, reverted
+    assert "pahts" in (deploy.prod / "packages/web/manifest.yaml").read_text()

@@ -9,8 +9,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
 from release_phases.errors import ReleaseError
 from release_phases.manifest import Dump
+from release_phases.schema import NonEmptyStr, Strict, problems, summary
 
 if TYPE_CHECKING:
     import docker
@@ -129,7 +133,8 @@ class BackupRecord:
 
     @classmethod
     def load(cls, directory: Path, service: str, stamp: str) -> BackupRecord:
-        """Read ``record.json``, trusting nothing in it."""
+        """Read ``record.json``, trusting nothing in it: any key it does not know, any
+        value of the wrong type, a duplicated key or a cut-short file is refused."""
         path = directory / RECORD_NAME
         if not path.is_file():
             raise ReleaseError(
@@ -138,16 +143,12 @@ class BackupRecord:
                 next_command=f"pick a complete backup: ls {directory.parent}/*/{RECORD_NAME}",
             )
         try:
-            data = json.loads(path.read_text())
-            if data.get("format") != RECORD_FORMAT:
-                raise ValueError(f"format is {data.get('format')!r}, expected {RECORD_FORMAT}")
-            if data.get("service") != service or data.get("stamp") != stamp:
+            doc = _read_record(path)
+            if doc.service != service or doc.stamp != stamp:
                 raise ValueError(
-                    f"it describes {data.get('service')!r} at {data.get('stamp')!r},"
-                    f" not {service!r} at {stamp!r}"
+                    f"it describes {doc.service!r} at {doc.stamp!r}, not {service!r} at {stamp!r}"
                 )
-            entries = tuple(_entry_from_json(e) for e in data["entries"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError) as exc:
             raise ReleaseError(
                 f"backup record {path} is unreadable: {exc}",
                 untouched=NOTHING_RESTORED,
@@ -157,54 +158,143 @@ class BackupRecord:
             service=service,
             stamp=stamp,
             directory=directory,
-            entries=entries,
-            project=str(data.get("project", "")),
-            taken_at=str(data.get("taken_at", "")),
-            note=str(data.get("note", "")),
+            entries=tuple(_entry(e) for e in doc.entries),
+            project=doc.project,
+            taken_at=doc.taken_at,
+            note=doc.note,
         )
 
 
-def _entry_from_json(data: dict[str, Any]) -> Entry:
-    kind, name, target = data["kind"], data["name"], data["target"]
-    if kind not in KINDS:
-        raise ValueError(f"entry kind {kind!r} is not one of {', '.join(KINDS)}")
-    if not all(isinstance(v, str) and v for v in (name, target)):
-        raise ValueError(f"entry {data!r} lacks a name or target")
-    absent = data["absent"]
-    archive, sha256 = data.get("archive"), data.get("sha256")
-    if not isinstance(absent, bool):
-        raise ValueError(f"entry {name}: absent must be true or false")
-    if absent != (archive is None) or absent != (sha256 is None):
-        raise ValueError(f"entry {name}: an archive and its sha256 go with absent=false")
-    if archive is not None and (not isinstance(archive, str) or "/" in archive or not archive):
-        raise ValueError(f"entry {name}: archive {archive!r} is not a file name")
-    if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", str(sha256)):
-        raise ValueError(f"entry {name}: sha256 {sha256!r} is not a sha256")
-    volume = data.get("volume")
-    dump = data.get("dump")
-    if (kind == "dump") != (dump is not None):
-        raise ValueError(f"entry {name}: a dump entry, and only one, has its dump commands")
+# -- record.json, as pydantic checks it ---------------------------------------------------
+# The record is written by this engine, so any key it does not know means damage, a hand
+# edit or another version's record: it is refused, never read in part (schema.Strict).
+
+
+class _VolumeDoc(Strict):
+    driver: NonEmptyStr = "local"
+    options: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class _DumpDoc(Strict):
+    command: list[NonEmptyStr] = Field(min_length=1)
+    restore: list[NonEmptyStr] = Field(min_length=1)
+
+
+class _EntryDoc(Strict):
+    kind: NonEmptyStr
+    name: NonEmptyStr
+    target: NonEmptyStr
+    absent: bool
+    archive: str | None = None
+    sha256: str | None = None
+    container: str = ""
+    volume: _VolumeDoc | None = None
+    dump: _DumpDoc | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in KINDS:
+            raise _problem(f"is {{value}}, not one of {', '.join(KINDS)}", kind)
+        return kind
+
+    @field_validator("archive")
+    @classmethod
+    def _file_name(cls, archive: str | None) -> str | None:
+        # A name in the backup's own directory, never a path that leads out of it.
+        if archive is not None and (archive in ("", ".", "..") or "/" in archive):
+            raise _problem("is {value}, not a file name", archive)
+        return archive
+
+    @field_validator("sha256")
+    @classmethod
+    def _digest(cls, sha256: str | None) -> str | None:
+        if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise _problem("is {value}, not a sha256", sha256)
+        return sha256
+
+    @model_validator(mode="after")
+    def _agree(self) -> _EntryDoc:
+        if self.absent != (self.archive is None) or self.absent != (self.sha256 is None):
+            raise PydanticCustomError(
+                "entry_archive", "has an archive and its sha256 exactly when absent is false"
+            )
+        if (self.kind == "dump") != (self.dump is not None):
+            raise PydanticCustomError(
+                "entry_dump", "has dump commands exactly when its kind is dump"
+            )
+        return self
+
+
+class _RecordDoc(Strict):
+    format: int
+    service: NonEmptyStr
+    stamp: NonEmptyStr
+    project: str = ""
+    taken_at: str = ""
+    note: str = ""
+    nothing_declared: bool | None = None
+    entries: list[_EntryDoc]
+
+    @model_validator(mode="after")
+    def _declared(self) -> _RecordDoc:
+        if self.nothing_declared is not None and self.nothing_declared != (not self.entries):
+            raise PydanticCustomError(
+                "nothing_declared",
+                "says nothing_declared: {said} with {count} entries",
+                {"said": str(self.nothing_declared).lower(), "count": len(self.entries)},
+            )
+        return self
+
+
+def _problem(template: str, value: object) -> PydanticCustomError:
+    return PydanticCustomError("record", template, {"value": repr(value)})
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads keeps the last of two equal keys; a record with one twice was edited."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        seen[key] = value
+    return seen
+
+
+def _read_record(path: Path) -> _RecordDoc:
+    """The checked document; ValueError (or OSError) naming the key on any doubt."""
+    try:
+        data = json.loads(path.read_bytes(), object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise ValueError("it is nested too deeply to be read") from None
+    # The format first: another format's keys are not mistakes of this one.
+    found = data.get("format") if isinstance(data, dict) else None
+    if found != RECORD_FORMAT or isinstance(found, bool):
+        raise ValueError(f"format is {found!r}, expected {RECORD_FORMAT}")
+    try:
+        return _RecordDoc.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(summary(problems(exc, _RecordDoc))) from None
+
+
+def _entry(doc: _EntryDoc) -> Entry:
+    volume, dump = doc.volume, doc.dump
     return Entry(
-        kind=kind,
-        name=name,
-        target=target,
-        absent=absent,
-        archive=archive,
-        sha256=sha256,
-        container=str(data.get("container", "")),
-        volume=VolumeConfig(**volume) if volume is not None else None,
-        dump=None if dump is None else _dump_from_json(name, dump),
+        kind=doc.kind,
+        name=doc.name,
+        target=doc.target,
+        absent=doc.absent,
+        archive=doc.archive,
+        sha256=doc.sha256,
+        container=doc.container,
+        volume=None
+        if volume is None
+        else VolumeConfig(driver=volume.driver, options=volume.options, labels=volume.labels),
+        dump=None
+        if dump is None
+        else Dump(command=tuple(dump.command), restore=tuple(dump.restore)),
     )
-
-
-def _dump_from_json(name: str, data: dict[str, Any]) -> Dump:
-    argvs = []
-    for key in ("command", "restore"):
-        argv = data[key]
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise ValueError(f"entry {name}: dump {key} {argv!r} is not an argv list")
-        argvs.append(tuple(argv))
-    return Dump(command=argvs[0], restore=argvs[1])
 
 
 @dataclass(frozen=True)

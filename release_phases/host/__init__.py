@@ -110,9 +110,15 @@ class Host:
                 next_command=render(argv),
             ) from None
 
-    def missing_images(self, project: ComposeProject) -> list[str]:
-        """Images the services need that are not in the local engine (no registry asked)."""
-        config = self.compose_config(project)
+    def missing_images(
+        self, project: ComposeProject, config: dict[str, Any] | None = None
+    ) -> list[str]:
+        """Images the services need that are not in the local engine (no registry asked).
+
+        ``config``: the project's `compose_config`, when the caller has it already.
+        """
+        if config is None:
+            config = self.compose_config(project)
         try:
             images = images_in_config(config, project.services)
         except ValueError as exc:

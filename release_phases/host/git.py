@@ -153,6 +153,39 @@ class Git:
             self._out("show", f"{ref}:{path}")  # raises with git's message
         return result.stdout
 
+    def show_many(self, ref: str, paths: list[str]) -> dict[str, bytes | None]:
+        """Files' exact content at `ref`, read by one `git cat-file --batch` (one process
+        for a plan of many services); None for a path that is no file there."""
+        # The batch protocol is line-based; git prints such a name quoted, never raw.
+        assert not any("\n" in path for path in paths), paths
+        asked = "".join(f"{ref}:{path}\n" for path in paths).encode()
+        argv = self._argv("cat-file", "--batch")
+        result = self.runner.read(argv, timeout=READ_TIMEOUT, stdin=asked)
+        if not result.ok:
+            self._out("cat-file", "--batch")  # raises with git's message
+        found: dict[str, bytes | None] = {}
+        out, at = result.stdout, 0
+        for path in paths:
+            end = out.index(b"\n", at)
+            header = out[at:end].split()
+            at = end + 1
+            # `<name> missing`, or `<sha> <type> <size>` followed by the content and LF.
+            if len(header) != 3:
+                found[path] = None
+                continue
+            size = int(header[2])
+            content = out[at : at + size]
+            at += size + 1
+            found[path] = content if header[1] == b"blob" else None
+        return found
+
+    def files_in(self, ref: str, dirs: list[str]) -> set[str]:
+        """Every file below each of `dirs` at `ref`, repo-relative, in one `ls-tree`."""
+        if not dirs:
+            return set()
+        found = self._maybe("ls-tree", "-r", "--name-only", ref, "--", *dirs)
+        return {line for line in (found or "").splitlines() if line}
+
     def exists(self, ref: str, path: str) -> bool:
         return self._read("cat-file", "-e", f"{ref}:{path}").ok
 

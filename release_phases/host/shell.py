@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
 
+from release_phases import masking
 from release_phases.errors import ReleaseError
 
 Argv = Sequence[str]
@@ -76,12 +77,15 @@ class Runner:
     """Runs argv lists; ``stream`` echoes output live (to the real terminal).
 
     ``stream_to`` replaces the real terminal (``sys.__stderr__``) as the place
-    streamed output is copied to.
+    streamed output is copied to. What is echoed has ``secrets`` masked (the run's
+    known ones by default); the command and ``Result.output`` keep the real values,
+    since callers parse them; whoever shows or stores them masks them.
     """
 
     echo: bool = False
     history: list[Result] = field(default_factory=list)
     stream_to: TextIO | None = None
+    secrets: masking.Secrets = field(default_factory=lambda: masking.KNOWN)
 
     def run(
         self,
@@ -130,7 +134,9 @@ class Runner:
             _feed(proc, stdin)
         pipe = proc.stderr if sink else proc.stdout
         assert pipe is not None
-        output = _Output(echo=(self.stream_to or sys.__stderr__) if stream else None)
+        output = _Output(
+            echo=(self.stream_to or sys.__stderr__) if stream else None, secrets=self.secrets
+        )
         try:
             finished = _collect(proc, pipe, output, deadline)
         finally:
@@ -151,25 +157,33 @@ class Runner:
             raise CommandFailed(result)
         return result
 
-    def read(self, argv: Argv, *, timeout: float, cwd: Path | str | None = None) -> Read:
+    def read(
+        self,
+        argv: Argv,
+        *,
+        timeout: float,
+        cwd: Path | str | None = None,
+        stdin: bytes | None = None,
+    ) -> Read:
         """Run a short query for its exact stdout (bytes), stderr kept apart.
 
         For reads whose output is data (a file's bytes at a commit), not text for
-        an operator: nothing is merged, decoded or streamed. On timeout the whole
-        process group is killed and the read says ``timed_out``.
+        an operator: nothing is merged, decoded or streamed. ``stdin``, when given,
+        is the query's input (a batch of questions). On timeout the whole process
+        group is killed and the read says ``timed_out``.
         """
         argv = [str(a) for a in argv]
         start = time.monotonic()
         proc = subprocess.Popen(
             argv,
             cwd=cwd,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
         try:
-            out, err = proc.communicate(timeout=timeout)
+            out, err = proc.communicate(stdin, timeout=timeout)
             timed_out = False
         except subprocess.TimeoutExpired:
             _kill_group(proc)
@@ -211,20 +225,22 @@ _POLL = 0.1
 
 
 class _Output:
-    """Collects raw output bytes as text, copying each chunk to ``echo`` as it comes."""
+    """Collects raw output bytes as text, copying each chunk to ``echo`` as it comes,
+    with secrets masked (a chunk that may end inside one waits for the next)."""
 
-    def __init__(self, echo: TextIO | None) -> None:
+    def __init__(self, echo: TextIO | None, secrets: masking.Secrets) -> None:
         self.echo = echo
+        self.masked = secrets.stream()
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.chunks: list[str] = []
 
     def feed(self, data: bytes, *, final: bool = False) -> None:
         chunk = self.decoder.decode(data, final=final)
-        if not chunk:
-            return
-        self.chunks.append(chunk)
-        if self.echo is not None:
-            self.echo.write(chunk)
+        if chunk:
+            self.chunks.append(chunk)
+        shown = self.masked.feed(chunk) + (self.masked.flush() if final else "")
+        if self.echo is not None and shown:
+            self.echo.write(shown)
             self.echo.flush()
 
     def text(self) -> str:

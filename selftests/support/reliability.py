@@ -145,6 +145,6 @@ def render(cases: list[Case], *, full: bool) -> str:
         lines += ["", f"## {title}", "", "| case | result | test |", "|---|---|---|"]
         for case in rows:
             result = passed_word if case.outcome == "passed" else f"**{case.outcome.upper()}**"
-            what = case.what.replace("|", "\\|")
-            lines.append(f"| {what} | {result} | `{case.nodeid.split('[')[0]}` |")
+            what, nodeid = (text.replace("|", "\\|") for text in (case.what, case.nodeid))
+            lines.append(f"| {what} | {result} | `{nodeid}` |")
     return "\n".join(lines) + "\n"

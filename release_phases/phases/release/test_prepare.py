@@ -1,5 +1,7 @@
 """Phase 1, prepare: check the host, pull the merge, find what changed, back it up."""
 
+import time
+
 import pytest
 
 from release_phases import prepare
@@ -38,11 +40,26 @@ def test_changed_services(release: ReleaseContext, step: Step) -> None:
 
 
 def test_backup(release: ReleaseContext, step: Step, service: str) -> None:
-    record = prepare.backup_service(release, service)
+    began = time.monotonic()
+    declared, project = release.declared_before(service)
+    if declared.ignored:
+        step.detail(
+            "the running version's manifest: keys left out",
+            "\n".join(declared.ignored)
+            + "\n(accepted by an older engine; "
+            + (
+                "the backup follows this release's backup: section instead)"
+                if any(note.startswith("backup") for note in declared.ignored)
+                else "its backup: section is read as written)"
+            ),
+        )
+        step.log_fields.update(ignored=",".join(n.split()[0] for n in declared.ignored))
+    record = prepare.backup_service(release, declared, project)
     if record is None:
         step.detail("backup", f"{service}: taken in migrate (backup.when: stopped)")
         step.log_fields.update(backup="in-migrate")
         return
     step.backups[service] = record.stamp
     step.detail("backup", record.describe())
-    step.log_fields.update(stamp=record.stamp)
+    # As for a backup taken stopped: how long the archive and dumps took, in the log.
+    step.log_fields.update(stamp=record.stamp, backup_seconds=f"{time.monotonic() - began:.1f}")

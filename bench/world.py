@@ -1,0 +1,107 @@
+"""A deploy world for benchmarks: origin, prod, N busybox services running on prod.
+
+Built with the selftests' own helpers (real git, images made with `docker import`),
+labelled with this bench run's id, and removed by that label and by the exact
+compose project names when the world closes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import docker
+
+from selftests.support.deployrepo import DeployRepo, Service, free_port
+from selftests.support.images import LABEL, ImageSpec, build
+
+
+class World:
+    """``host_network``: the services listen on the host's network, each on its own port,
+    so fifty of them need no fifty compose networks (the engine has a few dozen
+    address pools). ``volume``: each service has a named volume, backed up."""
+
+    def __init__(self, services: int, *, host_network: bool = False, volume: bool = False) -> None:
+        self.run_id = f"bench{uuid.uuid4().hex[:6]}"
+        self.client = docker.from_env()
+        self.root = Path(tempfile.mkdtemp(prefix=f"rp-{self.run_id}-"))
+        self.deploy = DeployRepo(self.root, self.run_id)
+        self.repository = f"rp{self.run_id}/svc"
+        build(self.client, ImageSpec(self.repository, "1"), self.run_id)
+        self.services = [
+            Service(
+                name=f"s{i}",
+                project=f"rp{self.run_id}-s{i}",
+                port=free_port(),
+                repository=self.repository,
+                volumes=(f"rp{self.run_id}-data{i}",) if volume else (),
+            )
+            for i in range(services)
+        ]
+        for svc in self.services if host_network else ():
+            svc.compose = {
+                "network_mode": "host",
+                "ports": [],
+                "command": [
+                    "/bin/busybox",
+                    "httpd",
+                    "-f",
+                    "-p",
+                    f"127.0.0.1:{svc.port}",
+                    "-h",
+                    "/www",
+                ],
+            }
+        for svc in self.services:
+            self.deploy.write_service(svc)
+        self.deploy.commit("services at tag 1")
+        self.deploy.push()
+        self.deploy.clone_prod()
+        for svc in self.services:
+            compose = self.deploy.prod / "packages" / svc.name / "compose.yaml"
+            subprocess.run(
+                ["docker", "compose", "-f", str(compose), "up", "-d"],
+                check=True,
+                capture_output=True,
+            )
+        self.tickets = 0
+
+    def volume_dir(self, svc: Service) -> Path:
+        """The host directory holding the service's volume (we are root here)."""
+        name = self.client.volumes.get(f"{svc.project}_{svc.volumes[0]}").name
+        return Path(self.client.api.inspect_volume(name)["Mountpoint"])
+
+    def merge_next(self) -> str:
+        """Merge a ticket moving every service to a new tag (the same image, tagged anew)."""
+        self.tickets += 1
+        tag = str(self.tickets + 1)
+        self.client.images.get(f"{self.repository}:1").tag(self.repository, tag)
+        for svc in self.services:
+            svc.tag = tag
+            self.deploy.write_service(svc)
+        ticket = str(100 + self.tickets)
+        self.deploy.merge_feature(f"feature/{ticket}", f"ticket {ticket}: tag {tag}")
+        return ticket
+
+    def close(self) -> None:
+        label = f"{LABEL}={self.run_id}"
+        for c in self.client.containers.list(all=True, filters={"label": label}):
+            c.remove(force=True, v=True)
+        for svc in self.services:
+            project = {"label": f"com.docker.compose.project={svc.project}"}
+            for n in self.client.networks.list(filters=project):
+                n.remove()
+            for v in self.client.volumes.list(filters=project):
+                v.remove(force=True)
+        for img in self.client.images.list(all=True, filters={"label": label}):
+            self.client.images.remove(img.id, force=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> World:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

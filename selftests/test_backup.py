@@ -245,6 +245,28 @@ def test_an_external_volume_is_restored_and_stays_one_made_by_hand(
 
 
 @pytest.mark.docker
+@pytest.mark.reliability("fault", "a one-off `compose run` container holds the volume to restore")
+def test_a_one_off_container_holding_the_volume_is_refused_while_the_service_runs(
+    up, make_service, docker_client, host, root: Path
+) -> None:
+    svc = make_service("web", volumes=("web-data",))
+    manifest, _ = up(svc)
+    record = take(host, manifest, project(svc, manifest), root)
+    # `compose stop` would leave this one running, holding the volume.
+    compose(svc, manifest, "run", "-d", "--name", f"{svc.project}-oneoff", "web")
+    restoring = Restore(host, manifest, project(svc, manifest), root, record.stamp)
+
+    with pytest.raises(ReleaseError, match=f"also held by {svc.project}-oneoff,") as refused:
+        restoring.preflight()
+    assert f"`docker rm -f {svc.project}-oneoff`" in refused.value.next_command
+    subprocess.run(["docker", "rm", "-f", f"{svc.project}-oneoff"], check=True, capture_output=True)
+    (line,) = restoring.preflight()
+    assert line.startswith(
+        f"volume web-data ({svc.project}_web-data): held by {svc.project}-web-1;"
+    )
+
+
+@pytest.mark.docker
 def test_restore_recreates_a_volume_no_container_holds(
     up, make_service, docker_client, host, root: Path
 ) -> None:

@@ -436,7 +436,7 @@ def test_a_volume_another_container_holds_is_refused_before_anything_stops(
     assert run.rc == 1, run
     failed = run.event("revert", "failed")
     assert (failed["service"], failed["step"]) == ("static", "restore")
-    assert f"also held by {other.name}" in run.output
+    assert f"also held by {other.name}, not a container of static" in run.output
     assert "still running, nothing was stopped or restored" in run.output
     still = container(docker_client, svc)
     assert (still.id, still.status) == (v2.id, "running")

@@ -36,7 +36,7 @@ from release_phases.backup.take import DUMP_TIMEOUT, Source, Writer, dump_source
 from release_phases.errors import ReleaseError
 from release_phases.host import Host
 from release_phases.host.compose import ComposeProject
-from release_phases.host.engine import PROJECT_LABEL
+from release_phases.host.engine import ONEOFF_LABEL, PROJECT_LABEL
 from release_phases.host.shell import render
 from release_phases.manifest import Dump, Manifest
 
@@ -149,19 +149,21 @@ class Restore:
         A volume is restored by removing it and creating it again, which Docker
         refuses while any container, stopped or not, holds it. The service's own
         containers go and come back with it; another's would be left pointing at a
-        volume that is no longer the one it had, so it is refused.
+        volume that is no longer the one it had, so it is refused. So is a one-off
+        container of the service (`compose run`): `compose stop` leaves it running,
+        and it is no container `up` creates again.
         """
         deployed = self.deployed
-        own = {c.id for c in deployed.containers()}
+        own = {c.id for c in deployed.containers() if c.labels.get(ONEOFF_LABEL) != "True"}
         holders = deployed.engine.volume_users(volume.name)
         others = [str(c.name) for c in holders if c.id not in own]
         if others:
             names = " ".join(others)
             raise ReleaseError(
                 f"cannot restore {deployed.service} {entry.label}: it is also held by"
-                f" {', '.join(others)}, which {deployed.service} does not own; the volume"
-                " is restored by removing it and creating it again, which Docker refuses"
-                " while any container holds it",
+                f" {', '.join(others)}, not a container of {deployed.service} that compose"
+                " creates; the volume is restored by removing it and creating it again,"
+                " which Docker refuses while any container holds it",
                 untouched=NOTHING_RESTORED,
                 next_command=(
                     "remove them, knowing that the restore replaces the data they share:"

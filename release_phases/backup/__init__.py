@@ -37,7 +37,8 @@ How data is read and written:
   put back with ``put_archive``: exact, and nothing runs in any image. Docker
   removes no volume a container holds, so the service's own stopped containers
   are removed first (the revert then creates them again); a volume that another
-  service's container holds is refused before the service stops.
+  service's container, or a one-off ``compose run`` one, holds is refused before
+  the service stops.
 - A path is archived from the service's first container. To restore, the path is
   first replaced by an empty file (``put_archive`` removes a directory it replaces
   with a non-directory), then the archive is put back; directories above it that

@@ -173,20 +173,25 @@ def _service_manifest(ctx: ReleaseContext, service: str) -> Manifest | None:
 
 
 def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
-    """Check the backup; point image tags back at IMAGES' ids; set aside its dump's data;
-    stop; recreate at the reverted code
-    without starting; restore volumes and paths; start; wait healthy; feed the dump to its
-    restore; wait healthy again.
+    """Check the backup and what its restore needs; point image tags back at IMAGES' ids;
+    set aside its dump's data; stop; set aside and restore its volumes; create its
+    containers at the reverted code without starting them; restore its paths; start;
+    wait healthy; feed the dump to its restore; wait healthy again.
 
-    The files go back into containers that are created but not yet started: the
-    old code never sees the new data, and paths restored into a container's own
-    filesystem survive (a recreate after the restore would discard them). A dump
-    goes back through the service itself, so only once it runs and answers healthy.
+    Everything the restore needs is checked while the service still runs. Nothing of
+    it runs inside the service's image: a volume goes back by being removed and
+    created again (the service's stopped containers are removed first, as Docker
+    keeps a held volume), then filled through the Docker API. The files go back
+    before the service starts: the old code never sees the new data, and paths
+    restored into a container's own filesystem survive (a recreate after the restore
+    would discard them). A dump goes back through the service itself, so only once it
+    runs and answers healthy.
     """
     manifest = _service_manifest(ctx, service)
     restoring = None
     if not ctx.options.skip_data and manifest is not None:
         restoring = _checked_backup(ctx, service, manifest)
+        _check_restore(ctx, service, restoring, step)
     if manifest is None:
         # Added by the release: its compose file went with the revert.
         # Compose labels its containers with the directory of the compose file.
@@ -204,9 +209,11 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     if restoring is not None:
         _set_aside_dump(ctx, service, restoring, step)
     try:
-        _recreate_stopped(ctx, service, project, step)
+        _stop(ctx, service, project, step)
+        shown = _restore_volumes(ctx, service, restoring, step) if restoring is not None else []
+        _create(ctx, service, project, step, restored=restoring is not None)
         if restoring is not None:
-            _restore_files(service, restoring, step)
+            _restore_paths(ctx, service, restoring, step, shown)
         else:
             step.detail("data", "--skip-data: the backup was not restored")
     except BaseException:
@@ -216,8 +223,7 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     start = project.start()
     with _worded(
         "compose-start",
-        untouched=f"{service}: created at the reverted code with its data restored, not "
-        "started",
+        untouched=f"{service}: created at the reverted code with its data restored, not started",
         then=ctx.options.command(),
     ):
         started = ctx.host.run(start, timeout=ctx.options.compose_timeout)
@@ -292,35 +298,67 @@ def _set_aside_dump(
         step.detail("set aside before stopping (so the revert can be undone)", "\n".join(lines))
 
 
-def _recreate_stopped(
-    ctx: ReleaseContext, service: str, project: ComposeProject, step: Step
+def _check_restore(
+    ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step
 ) -> None:
-    """Stop the service, then recreate its containers at the reverted code, not started."""
-    timeout = ctx.options.compose_timeout
-    again = ctx.options.command()
+    """What the restore needs, checked while the service still runs."""
+    untouched = f"{service}: still running, nothing was stopped or restored"
+    with _worded("restore", untouched=untouched, then=ctx.options.command()):
+        lines = restoring.preflight()
+    if lines:
+        step.detail("restore preflight (before anything stops)", "\n".join(lines))
+
+
+def _stop(ctx: ReleaseContext, service: str, project: ComposeProject, step: Step) -> None:
     stop = project.stop()
     with _worded(
         "compose-stop",
         untouched=f"{service}: its data; its containers may be partly stopped",
-        then=again,
+        then=ctx.options.command(),
     ):
-        stopped = ctx.host.run(stop, timeout=timeout)
+        stopped = ctx.host.run(stop, timeout=ctx.options.compose_timeout)
     step.detail("compose stop", f"$ {render(stop)}\n{stopped.output}")
+
+
+def _create(
+    ctx: ReleaseContext, service: str, project: ComposeProject, step: Step, *, restored: bool
+) -> None:
+    """Create the service's containers at the reverted code, not started."""
     create = project.up(start=False)
+    data = (
+        "its volumes restored, its paths not yet (nothing was lost)"
+        if restored
+        else "its data as it was"
+    )
     with _worded(
         "compose-create",
-        untouched=f"{service}: stopped, its data not yet restored (nothing was lost)",
-        then=again,
+        untouched=f"{service}: stopped, {data}",
+        then=ctx.options.command(),
     ):
-        created = ctx.host.run(create, timeout=timeout, stream=True)
+        created = ctx.host.run(create, timeout=ctx.options.compose_timeout, stream=True)
     step.detail("compose up --no-start", f"$ {render(create)}\n{created.output}")
 
 
-def _restore_files(service: str, restoring: backup.Restore, step: Step) -> None:
-    with _worded("restore", before=f"{service} is stopped at the reverted code"):
-        report = restoring.files()
+def _restore_volumes(
+    ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step
+) -> list[str]:
+    """Set aside what stands, then restore the volumes; what was done, shown at once so
+    that a failure later in the step still reports it."""
+    with _worded("restore", before=f"{service} is stopped", then=ctx.options.command()):
+        lines = restoring.volumes()
+    if lines:
+        step.detail("restore volumes", "\n".join(lines))
+    return lines
+
+
+def _restore_paths(
+    ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step, shown: list[str]
+) -> None:
+    created = f"{service} is created at the reverted code, not started"
+    with _worded("restore", before=created, then=ctx.options.command()):
+        report = restoring.paths()
     undo = f"undo: stamp {report.undo_stamp} ({restoring.undo})"
-    step.detail("restore", "\n".join([*report.actions, undo]))
+    step.detail("restore", "\n".join([*report.actions[len(shown) :], undo]))
 
 
 def _restore_dump(ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step) -> None:

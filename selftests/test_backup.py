@@ -19,9 +19,10 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
+import yaml
 
 from release_phases import atomic
-from release_phases.backup import BackupRecord, Restore, take, verify
+from release_phases.backup import BackupRecord, Restore, RestoreReport, take, verify
 from release_phases.errors import ReleaseError
 from release_phases.host import Host
 from release_phases.host import compose as compose_cli
@@ -45,6 +46,19 @@ def compose(svc: Service, manifest: Manifest, *args: str) -> None:
     argv = project(svc, manifest).argv(*args)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"{' '.join(argv)}:\n{done.stdout}{done.stderr}"
+
+
+def restore(
+    host: Host, svc: Service, manifest: Manifest, root: Path, stamp: str, *, create: bool = True
+) -> RestoreReport:
+    """What a revert does between its stop and its start: the volumes go back, the
+    containers are created (not started), then the paths go back."""
+    restoring = Restore(host, manifest, project(svc, manifest), root, stamp)
+    restoring.preflight()
+    restoring.volumes()
+    if create:
+        compose(svc, manifest, "up", "--no-start")
+    return restoring.paths()
 
 
 class Box:
@@ -158,15 +172,15 @@ def test_restore_puts_back_volume_and_path_byte_identical(
     web.write("/srv/data/extra", b"added after the backup\n")
     web.sh("rm /srv/data/sub/c")
 
-    with pytest.raises(ReleaseError, match="running") as refused:
-        Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
+    with pytest.raises(ReleaseError, match="still running") as refused:
+        Restore(host, manifest, project(svc, manifest), root, record.stamp).volumes()
     # The next command is the detected Compose's, for exactly this project.
     stop = render(project(svc, manifest).argv("stop"))
     assert refused.value.next_command == f"stop them first: {stop}"
     assert web.read("/data/web-data/a.txt") == b"changed\n"
 
     compose(svc, manifest, "stop")
-    report = Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
+    report = restore(host, svc, manifest, root, record.stamp)
     compose(svc, manifest, "start")
 
     assert web.names("/data/web-data") == {"a.txt", "sub", ".hidden"}
@@ -176,18 +190,80 @@ def test_restore_puts_back_volume_and_path_byte_identical(
     assert web.names("/srv/data") == {"config", "sub"}
     assert web.read("/srv/data/config") == b"v1\n"
     assert web.read("/srv/data/sub/c") == b"see\n"
-    assert "emptied in place" in report.actions[0]
+    removed, volume, path = report.actions
+    assert removed.startswith("removed the stopped containers holding its volumes:")
+    assert "removed and created again, restored from" in volume
+    assert "/srv/data: replaced in" in path
 
     # What stood there was kept as a backup of its own: restoring it undoes the revert.
     assert report.replaced.directory.parent == record.directory
     verify(root, "web", report.undo_stamp)
     assert "new.txt" in members(report.replaced, "volume")
     compose(svc, manifest, "stop")
-    Restore(host, manifest, project(svc, manifest), root, report.undo_stamp).files()
+    restore(host, svc, manifest, root, report.undo_stamp)
     compose(svc, manifest, "start")
     assert web.read("/data/web-data/new.txt") == b"added after the backup\n"
     assert web.read("/srv/data/config") == b"v2\n"
     assert web.names("/srv/data") == {"config", "extra", "sub"}
+
+
+@pytest.mark.docker
+def test_an_external_volume_is_restored_and_stays_one_made_by_hand(
+    deploy, make_service, docker_client, host, volumes, root: Path, request
+) -> None:
+    svc = make_service("ext")
+    name = f"{svc.project}-shared"
+    volumes(name)  # by hand, as an operator makes an external volume
+    made = docker_client.volumes.get(name).attrs
+    deploy.write_service(svc, extra_manifest={"backup": {"volumes": [name]}})
+    compose_file = deploy.dev / "packages" / "ext" / "compose.yaml"
+    spec = yaml.safe_load(compose_file.read_text())
+    spec["services"]["ext"]["volumes"] = [f"{name}:/data/ext"]
+    spec["volumes"] = {name: {"external": True}}
+    compose_file.write_text(yaml.safe_dump(spec))
+    manifest = load(deploy.dev, svc.name)
+    request.addfinalizer(lambda: compose(svc, manifest, "down"))
+    compose(svc, manifest, "up", "-d")
+    ext = Box(docker_client, svc)
+    ext.write("/data/ext/kept", BINARY)
+    record = take(host, manifest, project(svc, manifest), root)
+    ext.write("/data/ext/later", b"added after the backup\n")
+
+    compose(svc, manifest, "stop")
+    report = restore(host, svc, manifest, root, record.stamp)
+    compose(svc, manifest, "start")
+
+    assert ext.names("/data/ext") == {"kept"}
+    assert ext.read("/data/ext/kept") == BINARY
+    again = docker_client.volumes.get(name).attrs
+    assert (again["Labels"], again["Driver"], again["Options"]) == (
+        made["Labels"],
+        made["Driver"],
+        made["Options"],
+    )
+    assert f"volume {name}: removed and created again" in "\n".join(report.actions)
+
+
+@pytest.mark.docker
+@pytest.mark.reliability("fault", "a one-off `compose run` container holds the volume to restore")
+def test_a_one_off_container_holding_the_volume_is_refused_while_the_service_runs(
+    up, make_service, docker_client, host, root: Path
+) -> None:
+    svc = make_service("web", volumes=("web-data",))
+    manifest, _ = up(svc)
+    record = take(host, manifest, project(svc, manifest), root)
+    # `compose stop` would leave this one running, holding the volume.
+    compose(svc, manifest, "run", "-d", "--name", f"{svc.project}-oneoff", "web")
+    restoring = Restore(host, manifest, project(svc, manifest), root, record.stamp)
+
+    with pytest.raises(ReleaseError, match=f"also held by {svc.project}-oneoff,") as refused:
+        restoring.preflight()
+    assert f"`docker rm -f {svc.project}-oneoff`" in refused.value.next_command
+    subprocess.run(["docker", "rm", "-f", f"{svc.project}-oneoff"], check=True, capture_output=True)
+    (line,) = restoring.preflight()
+    assert line.startswith(
+        f"volume web-data ({svc.project}_web-data): held by {svc.project}-web-1;"
+    )
 
 
 @pytest.mark.docker
@@ -202,8 +278,11 @@ def test_restore_recreates_a_volume_no_container_holds(
     labels = docker_client.volumes.get(f"{svc.project}_blobs").attrs["Labels"]
 
     compose(svc, manifest, "down")  # containers go, the volume stays
-    report = Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
-    assert "removed and recreated" in report.actions[0]
+    report = restore(host, svc, manifest, root, record.stamp, create=False)
+    assert report.actions == (
+        f"volume blobs ({svc.project}_blobs): removed and created again,"
+        f" restored from {record.entries[0].archive}",
+    )
     assert docker_client.volumes.get(f"{svc.project}_blobs").attrs["Labels"] == labels
 
     compose(svc, manifest, "up", "-d")
@@ -264,7 +343,7 @@ def test_a_corrupted_archive_fails_verify_naming_it(
         verify(root, "files", record.stamp)
     assert "corrupted" in str(failed.value)
     with pytest.raises(ReleaseError, match=re.escape(entry.archive)):
-        Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
+        Restore(host, manifest, project(svc, manifest), root, record.stamp)
     assert not list(record.directory.glob("replaced-*")), "nothing is set aside or touched"
 
     (record.directory / "record.json").unlink()
@@ -293,15 +372,16 @@ def test_first_release_records_the_missing_volume_and_path_absent(
     _, fresh = up(svc)
     fresh.write("/data/state/written-by-the-release", b"x\n")
     compose(svc, manifest, "stop")
-    report = Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
+    report = restore(host, svc, manifest, root, record.stamp)
     compose(svc, manifest, "start")
     assert fresh.names("/data/state") == set()
-    assert "absent in the backup; emptied in place" in report.actions[0]
-    assert "left as it is" in report.actions[1]
+    _, volume, path = report.actions
+    assert "absent in the backup; removed (compose creates it empty)" in volume
+    assert "left as it is" in path
 
-    # ...and, once no container holds it, removes it.
+    # ...and, as long as compose does not create it again, it stays removed.
     compose(svc, manifest, "down")
-    Restore(host, manifest, project(svc, manifest), root, record.stamp).files()
+    restore(host, svc, manifest, root, record.stamp, create=False)
     with pytest.raises(docker.errors.NotFound):
         docker_client.volumes.get(f"{svc.project}_state")
 

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
+import shlex
 import signal
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 
+import docker.errors
+import docker.types
+import httpx
 import pytest
 
 from release_phases import state as statefile
+from selftests.conftest import RUN_ID
 from selftests.support import engine
-from selftests.support.scenario import container, v1_running_v2_merged
+from selftests.support.images import LABEL
+from selftests.support.scenario import container, up, v1_running_v2_merged
 
 pytestmark = pytest.mark.docker
 
@@ -304,3 +315,192 @@ def test_a_damaged_backup_fails_the_revert_before_anything_stops(
         assert container(docker_client, svc).status == "running"
     assert (run.state.phase, run.state.phase_status) == ("revert", "failed")
     assert "pytest -m revert --ticket 1234" in run.output
+
+
+# -- a service whose image holds nothing but one static binary ------------------------------
+
+BINARY = bytes(range(256)) * 8
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    """Directories (names ending in /) and files, as put_archive takes them."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name.rstrip("/"))
+            if name.endswith("/"):
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+            else:
+                info.size, info.mode = len(data), 0o640
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _tree(box, path: str) -> dict[str, tuple[int, int, int, int, bytes]]:
+    """What ``path`` holds in the container: each member's mode, owner, mtime and bytes,
+    read through the API (the image has no cat or tar to read them with)."""
+    chunks, _ = box.get_archive(path)
+    tree = {}
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+        for m in tar:
+            content = tar.extractfile(m) if m.isfile() else None
+            tree[m.name] = (m.mode, m.uid, m.gid, int(m.mtime), content.read() if content else b"")
+    return tree
+
+
+def _remove(client, container_id: str) -> None:
+    with contextlib.suppress(docker.errors.NotFound):
+        client.containers.get(container_id).remove(force=True)
+
+
+@pytest.fixture
+def bare_released(deploy, make_service, docker_client):
+    """`static`, whose image is one static busybox, released from tag 1 to 2-bare; the
+    release then changed the data in its volume and in a path of its container."""
+    svc = make_service("static", health="bare", volumes=("static-data",), paths=("/srv/state",))
+    # httpd serves /data: the service is healthy while its volume holds served.txt.
+    svc.health = {"endpoint": f"http://127.0.0.1:{svc.port}/static-data/served.txt", "timeout": 20}
+    deploy.write_service(svc)
+    deploy.commit("static at 1")
+    deploy.push()
+    deploy.clone_prod()
+    up(deploy, svc)
+    v1 = container(docker_client, svc)
+    code, said = v1.exec_run(["sh", "-c", "true"])
+    assert code != 0 and b"executable file not found" in said, "the image has no shell"
+    v1.put_archive(
+        "/data/static-data",
+        _tar({"served.txt": b"ok\n", "record.bin": BINARY, "sub/": b"", "sub/deep.txt": b"d\n"}),
+    )
+    # /srv is not in the image: the path lives in the container's own layer.
+    v1.put_archive("/", _tar({"srv/": b"", "srv/state/": b"", "srv/state/f": b"before\n"}))
+    before = (_tree(v1, "/data/static-data"), _tree(v1, "/srv/state"))
+    svc.tag = "2-bare"
+    make_service("static", "2-bare", "bare")
+    deploy.write_service(svc)
+    deploy.merge_feature("feature/1234", "ticket 1234: static to 2-bare")
+    release = engine.run(deploy.prod, "1234")
+    assert release.rc == 0, release
+    v2 = container(docker_client, svc)
+    v2.put_archive(
+        "/data/static-data", _tar({"record.bin": b"migrated\n", "added-by-v2.txt": b"new\n"})
+    )
+    v2.put_archive("/", _tar({"srv/": b"", "srv/state/": b"", "srv/state/f": b"after\n"}))
+    assert (_tree(v2, "/data/static-data"), _tree(v2, "/srv/state")) != before
+    return svc, before
+
+
+@pytest.mark.reliability(
+    "fault", "a revert of a service whose image has no shell, rm or tar: one static binary"
+)
+def test_a_service_whose_image_is_one_static_binary_is_reverted_byte_for_byte(
+    deploy, bare_released, docker_client
+):
+    svc, before = bare_released
+    run = engine.run(deploy.prod, "1234", mode="revert")
+    assert run.rc == 0, run
+    assert (run.state.phase, run.state.phase_status) == ("revert", "done")
+    reverted = container(docker_client, svc)
+    assert reverted.status == "running"
+    assert reverted.image.id == docker_client.images.get(f"{svc.repository}:1").id
+    assert (_tree(reverted, "/data/static-data"), _tree(reverted, "/srv/state")) == before
+    served = httpx.get(svc.health["endpoint"], timeout=10)  # type: ignore[index]
+    assert (served.status_code, served.text) == (200, "ok\n")
+    (report,) = deploy.prod.glob("reports/1234-revert-*.html")
+    said = report.read_text()
+    assert "volume static-data" in said and "removed and created again, restored from" in said
+    assert "/srv/state: replaced in" in said and "(created /srv first)" in said
+
+
+@pytest.mark.reliability(
+    "fault", "a volume to restore is also held by another service's container: refused first"
+)
+def test_a_volume_another_container_holds_is_refused_before_anything_stops(
+    deploy, bare_released, docker_client, request
+):
+    svc, before = bare_released
+    volume = f"{svc.project}_static-data"
+    # Not started: a stopped container holds a volume as firmly as a running one.
+    other = docker_client.containers.create(
+        f"{svc.repository}:1",
+        name=f"{svc.project}-other",
+        labels={LABEL: RUN_ID},
+        mounts=[docker.types.Mount("/data", volume, type="volume")],
+    )
+    request.addfinalizer(lambda: _remove(docker_client, str(other.id)))
+    v2 = container(docker_client, svc)
+    changed = (_tree(v2, "/data/static-data"), _tree(v2, "/srv/state"))
+
+    run = engine.run(deploy.prod, "1234", mode="revert")
+
+    assert run.rc == 1, run
+    failed = run.event("revert", "failed")
+    assert (failed["service"], failed["step"]) == ("static", "restore")
+    assert f"also held by {other.name}, not a container of static" in run.output
+    assert "still running, nothing was stopped or restored" in run.output
+    still = container(docker_client, svc)
+    assert (still.id, still.status) == (v2.id, "running")
+    assert (_tree(still, "/data/static-data"), _tree(still, "/srv/state")) == changed
+    # The next command, followed as printed, and the revert run again finish it.
+    (next_line,) = [line for line in run.output.splitlines() if line.startswith("next: ")]
+    printed = re.findall(r"`(docker rm -f [^`]+)`", next_line)
+    assert printed == [f"docker rm -f {other.name}"], next_line
+    assert next_line.endswith("then pytest -m revert --ticket 1234"), next_line
+    (printed,) = printed
+    subprocess.run(shlex.split(printed), check=True, capture_output=True)
+    again = engine.run(deploy.prod, "1234", mode="revert")
+    assert again.rc == 0, again
+    reverted = container(docker_client, svc)
+    assert (_tree(reverted, "/data/static-data"), _tree(reverted, "/srv/state")) == before
+
+
+@pytest.mark.reliability(
+    "fault",
+    "a container takes the volume while the revert stops the service: the printed"
+    " next command finishes it",
+)
+def test_a_volume_taken_while_the_service_stops_fails_the_restore_and_the_next_command_works(
+    deploy, bare_released, docker_client, request
+):
+    svc, before = bare_released
+    v2 = container(docker_client, svc)
+    taken: list[str] = []
+    # busybox httpd as PID 1 ignores SIGTERM, so `compose stop` waits its full second
+    # (release_stop_timeout=1) after the kill event: the preflight has passed by then,
+    # and the volume is taken before the restore looks at it again.
+    events = docker_client.events(decode=True, filters={"container": v2.id, "event": "kill"})
+
+    def take_the_volume() -> None:
+        for _ in events:
+            other = docker.from_env().containers.create(
+                f"{svc.repository}:1",
+                name=f"{svc.project}-late",
+                labels={LABEL: RUN_ID},
+                mounts=[docker.types.Mount("/data", f"{svc.project}_static-data", type="volume")],
+            )
+            taken.append(str(other.id))
+            break
+        events.close()
+
+    request.addfinalizer(lambda: [_remove(docker_client, held) for held in taken])
+    taker = threading.Thread(target=take_the_volume, daemon=True)
+    taker.start()
+    run = engine.run(deploy.prod, "1234", mode="revert")
+    taker.join(timeout=30)
+    events.close()  # ends the wait, should the service never have been stopped
+
+    assert taken, "the service was never stopped"
+    assert run.rc == 1, run
+    failed = run.event("revert", "failed")
+    assert (failed["service"], failed["step"]) == ("static", "restore")
+    assert "static is stopped; the service and its data: nothing was restored" in run.output
+    (next_line,) = [line for line in run.output.splitlines() if line.startswith("next: ")]
+    printed = re.findall(r"`(docker rm -f [^`]+)`", next_line)
+    assert printed == [f"docker rm -f {svc.project}-late"], next_line
+    assert next_line.endswith("then pytest -m revert --ticket 1234"), next_line
+    subprocess.run(shlex.split(printed[0]), check=True, capture_output=True)
+    again = engine.run(deploy.prod, "1234", mode="revert")
+    assert again.rc == 0, again
+    reverted = container(docker_client, svc)
+    assert reverted.status == "running"
+    assert (_tree(reverted, "/data/static-data"), _tree(reverted, "/srv/state")) == before

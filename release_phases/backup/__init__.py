@@ -32,16 +32,19 @@ How data is read and written:
 
 - A volume is mounted into a throwaway container that is created but never started
   (image: the service's current container's, else the manifest image if it is
-  local), and archived with ``get_archive``. To restore, the volume is emptied and
-  the archive is put back with ``put_archive``. Emptying is exact either way: a
-  volume that no container holds is removed and recreated with the same name,
-  driver, options and labels; a volume still held by the service's *stopped*
-  containers cannot be removed, so a throwaway container from the service's image
-  is *started* once to run ``rm -rf`` on the volume's top-level entries.
+  local), and archived with ``get_archive``. To restore, the volume is removed and
+  created again with the same name, driver, options and labels, and the archive is
+  put back with ``put_archive``: exact, and nothing runs in any image. Docker
+  removes no volume a container holds, so the service's own stopped containers
+  are removed first (the revert then creates them again); a volume that another
+  service's container, or a one-off ``compose run`` one, holds is refused before
+  the service stops.
 - A path is archived from the service's first container. To restore, the path is
   first replaced by an empty file (``put_archive`` removes a directory it replaces
-  with a non-directory), then the archive is put back. This works on a stopped
-  container, so a restore never starts the service.
+  with a non-directory), then the archive is put back; directories above it that
+  the container lacks are created the same way. This works on a container that is
+  created and not started, so a restore never starts the service and runs nothing
+  in it.
 - A dump is ``backup.dump.command`` run with ``compose exec -T`` in the service's first
   container, which must be running; its stdout goes straight into the file (never
   through memory), which appears under its name only when the command exited 0 and
@@ -62,9 +65,11 @@ Limitations, stated plainly:
   lies on a mount. Paths that need to survive a revert belong on a volume.
 - A path that is, or contains, a mount point is refused at backup time: replacing
   it would reach into the mount. Declare the volume under ``backup.volumes``.
-- Emptying a volume held by stopped containers needs ``rm`` in the service's image.
-  When the image has none (distroless), the restore fails before writing anything
-  and says to remove the stopped containers so the volume can be recreated.
+- Removing the service's containers to free a volume loses the link to their
+  anonymous volumes (an image's ``VOLUME`` the compose file does not mount): those
+  stay on the host, and the new containers get new, empty ones.
+- Directories created above a restored path are owned by root with mode 0755,
+  whatever the backed-up container had there.
 - A path that was recorded absent (no container at backup time, a first release)
   is left as it is on restore: a stopped container's file cannot be removed
   without leaving something in its place. The container itself goes when the

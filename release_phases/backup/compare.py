@@ -49,8 +49,14 @@ def check_restored(
     entry: Entry,
     first: Container | None,
     undo: str,
+    *,
+    image: str | None = None,
 ) -> None:
-    """Raise unless what the entry's target holds now is exactly what the backup holds."""
+    """Raise unless what the entry's target holds now is exactly what the backup holds.
+
+    ``image`` is the one to mount a volume in; by default the service's current one
+    (a restore passes the image it found before it removed the service's containers).
+    """
     if entry.kind == "path" and entry.absent:
         return
     now: list[Member] | None
@@ -59,12 +65,12 @@ def check_restored(
         if volume is None:
             now = None if entry.absent else []
         else:
-            image = deployed.helper_image()
+            image = image or deployed.helper_image()
             assert image is not None
             with helper(deployed, image, volume.name, read_only=True) as mounted:
                 now = _spooled_members(mounted.get_archive(VOLUME_MOUNT)[0])
         if entry.absent:
-            # Gone, or emptied in place: only the volume's root directory is left.
+            # Gone, or created again empty: only the volume's root directory is left.
             if now is None or len(now) == 1:
                 return
             raise ReleaseError(
@@ -85,7 +91,7 @@ def check_restored(
             f"restore of {deployed.service} {entry.label} from {record.stamp} does not match"
             f" {entry.archive}: {', '.join(differ[:10]) or 'member order'} differ",
             untouched=undo,
-            next_command=f"inspect {record.directory}, then rerun the revert",
+            next_command=f"inspect {record.directory}",
         )
 
 

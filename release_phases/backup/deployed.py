@@ -19,8 +19,8 @@ from release_phases.manifest import Manifest
 
 # Where a throwaway container mounts the volume; also the archive's top-level name.
 VOLUME_MOUNT = "/release-phases-volume"
-# A throwaway container is never started, except to empty a volume; this entrypoint
-# only satisfies "a container needs a command" for images that declare none.
+# A throwaway container is never started (so nothing in its image need exist); this
+# entrypoint only satisfies "a container needs a command" for images that declare none.
 NEVER_STARTED = ["release-phases-helper-is-never-started"]
 
 

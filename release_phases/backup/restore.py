@@ -1,4 +1,11 @@
-"""Restoring a backup: refuse what could not finish, set aside what stands, put it back."""
+"""Restoring a backup: refuse what could not finish, set aside what stands, put it back.
+
+Nothing of it runs inside the service's image: volumes are removed, created again and
+filled through the Docker API (``put_archive`` on a container that is created, never
+started), and paths are written the same way into the service's own created container.
+An image holding one static binary, with no shell, ``rm`` or ``tar``, is restored like
+any other.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +13,17 @@ import io
 import posixpath
 import tarfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import docker.errors
 from docker.models.containers import Container
-from docker.types import Mount
+from docker.models.volumes import Volume
 
 from release_phases import clock
 from release_phases.backup.compare import check_restored
-from release_phases.backup.deployed import VOLUME_MOUNT, Deployed, helper
+from release_phases.backup.deployed import Deployed, helper
 from release_phases.backup.record import (
     NOTHING_RESTORED,
     BackupRecord,
@@ -27,7 +36,7 @@ from release_phases.backup.take import DUMP_TIMEOUT, Source, Writer, dump_source
 from release_phases.errors import ReleaseError
 from release_phases.host import Host
 from release_phases.host.compose import ComposeProject
-from release_phases.host.engine import HELPER_LABEL
+from release_phases.host.engine import ONEOFF_LABEL, PROJECT_LABEL
 from release_phases.host.shell import render
 from release_phases.manifest import Dump, Manifest
 
@@ -37,21 +46,31 @@ STOPPED_STATES = frozenset({"created", "exited", "dead"})
 class Restore:
     """Putting one backup back, step by step in the revert's order.
 
+    Its errors name what to do about their cause; the revert adds the command that
+    goes on (the revert itself, run again, which starts each step afresh).
+
     1. ``Restore(...)`` verifies the backup; nothing is touched.
-    2. ``set_aside_dump()``, while the service still runs: a fresh dump of what stands
+    2. ``preflight()``, while the service still runs: refuses what the restore could
+       not finish (a volume another service's container holds, no local image to
+       mount volumes in), so that a refusal leaves the service running.
+    3. ``set_aside_dump()``, while the service still runs: a fresh dump of what stands
        there (with the command `commands` gives) into ``<stamp>/replaced-<now>/``.
        Only now can it be taken: the service is about to stop, and once its volumes
        are restored a dump would show the backup's data, not what stood there.
-    3. (the caller stops the service and creates its containers without starting them)
-    4. ``files()``: the volumes and paths that stand there are archived into the same
+    4. (the caller stops the service)
+    5. ``volumes()``: the volumes and paths that stand there are archived into the same
        ``replaced-<now>/`` and its record is written, so the revert itself can be
-       undone by restoring that stamp; then they are put back and checked.
-    5. (the caller starts the service and waits until it is healthy)
-    6. ``dump()``: the backup's dump is fed on stdin to its restore command, in the
+       undone by restoring that stamp; then the service's stopped containers that
+       hold a volume are removed, and each volume is removed, created again as it
+       was, filled from the backup and checked.
+    6. (the caller creates the service's containers without starting them)
+    7. ``paths()``: the paths are put back into the first container and checked.
+    8. (the caller starts the service and waits until it is healthy)
+    9. ``dump()``: the backup's dump is fed on stdin to its restore command, in the
        compose service it was taken from (`compose exec -T`: its first container).
 
     ``abandon()`` removes a set-aside that never got its record (a failure before
-    ``files`` wrote it): half a set-aside must not look like a backup.
+    ``volumes`` wrote it): half a set-aside must not look like a backup.
     """
 
     def __init__(
@@ -70,11 +89,16 @@ class Restore:
         self.timeout = timeout
         self._aside: Writer | None = None
         self.replaced: BackupRecord | None = None
+        self._image: str | None = None  # see _require_image
+        self._actions: list[str] = []
 
     @property
     def dumps(self) -> list[tuple[int, Entry]]:
         """The record's dump entries with their numbers (places in the record)."""
         return [(n, e) for n, e in enumerate(self.record.entries, start=1) if e.kind == "dump"]
+
+    def _of_kind(self, kind: str) -> list[Entry]:
+        return [e for e in self.record.entries if e.kind == kind]
 
     def commands(self, entry: Entry) -> Dump:
         """The dump's commands: the manifest's, when it declares a dump, else those recorded
@@ -82,6 +106,72 @@ class Restore:
         revert ever runs, can be fixed by a commit rather than by editing a backup."""
         assert entry.dump is not None  # checked when the record was read
         return self.deployed.manifest.backup.dump or entry.dump
+
+    def preflight(self) -> list[str]:
+        """Refuse, before the service stops, what the restore could not finish; what was
+        found, a line per volume."""
+        deployed = self.deployed
+        lines = []
+        volumes = self._of_kind("volume")
+        if volumes:
+            self._require_image()
+        for entry in volumes:
+            volume = deployed.current_volume(entry)
+            if volume is None:
+                lines.append(f"{entry.label}: does not exist now")
+                continue
+            holders = self._holders(entry, volume)
+            held = ", ".join(str(c.name) for c in holders) or "no container"
+            lines.append(
+                f"{entry.label}: held by {held}; it is removed and created again"
+                + (" once they are stopped and removed" if holders else "")
+            )
+        return lines
+
+    def _require_image(self) -> str:
+        """The image to create the throwaway containers from, found once: the service's
+        containers, whose image it is, are removed before the volumes are restored."""
+        if self._image is None:
+            self._image = self.deployed.helper_image()
+        if self._image is None:
+            ref = self.deployed.manifest.image.ref
+            raise ReleaseError(
+                f"cannot restore {self.deployed.service}: no local image to mount volumes in"
+                f" (no container, and {ref} is not local)",
+                untouched=NOTHING_RESTORED,
+                next_command=f"docker pull {ref}",
+            )
+        return self._image
+
+    def _holders(self, entry: Entry, volume: Volume) -> list[Container]:
+        """The containers holding a volume to restore, all of them the service's own.
+
+        A volume is restored by removing it and creating it again, which Docker
+        refuses while any container, stopped or not, holds it. The service's own
+        containers go and come back with it; another's would be left pointing at a
+        volume that is no longer the one it had, so it is refused. So is a one-off
+        container of the service (`compose run`): `compose stop` leaves it running,
+        and it is no container `up` creates again.
+        """
+        deployed = self.deployed
+        own = {c.id for c in deployed.containers() if c.labels.get(ONEOFF_LABEL) != "True"}
+        holders = deployed.engine.volume_users(volume.name)
+        others = [str(c.name) for c in holders if c.id not in own]
+        if others:
+            names = " ".join(others)
+            raise ReleaseError(
+                f"cannot restore {deployed.service} {entry.label}: it is also held by"
+                f" {', '.join(others)}, not a container of {deployed.service} that compose"
+                " creates; the volume is restored by removing it and creating it again,"
+                " which Docker refuses while any container holds it",
+                untouched=NOTHING_RESTORED,
+                next_command=(
+                    "remove them, knowing that the restore replaces the data they share:"
+                    f" `docker rm -f {names}` (a compose service's container comes back with"
+                    " its next `up`)"
+                ),
+            )
+        return holders
 
     def _writer(self) -> Writer:
         if self._aside is None:
@@ -124,44 +214,86 @@ class Restore:
                 )
         return lines
 
-    def files(self) -> RestoreReport:
-        """Set aside what stands in the volumes and paths, then put the backup's back."""
+    def volumes(self) -> list[str]:
+        """With the service stopped: set aside what stands in its volumes and paths, then
+        put the backup's volumes back; a line per volume."""
         deployed, record = self.deployed, self.record
+        image = self._require_image() if self._of_kind("volume") else ""
         first = deployed.first_container()
         writer = self._writer()
         with writer.guard():
-            _preflight(deployed, record, first)
+            holders = self._stopped_holders()
             for number, entry in enumerate(record.entries, start=1):
                 if entry.kind != "dump":
                     writer.add(number, _aside_source(deployed, entry, first))
-            replaced = writer.finish()
-        self.replaced = replaced
-        undo = self.undo
-        actions = []
-        for entry, before in zip(record.entries, replaced.entries, strict=True):
-            if entry.kind == "dump":
-                continue  # fed back by dump(), once the service runs
-            try:
-                if entry.kind == "volume":
-                    action = _restore_volume(deployed, record, entry, before, replaced)
-                else:
-                    action = _restore_path(record, entry, first)
-                check_restored(deployed, record, entry, first, undo)
-            except docker.errors.APIError as exc:
-                raise ReleaseError(
-                    f"restore of {deployed.service} {entry.label} from {record.stamp}"
-                    f" failed: {exc}",
-                    untouched=undo,
-                    next_command=(
-                        f"fix the cause, then rerun the revert; {deployed.compose('ps')}"
-                    ),
-                ) from None
-            actions.append(action)
-        return RestoreReport(record=record, replaced=replaced, actions=tuple(actions))
+            self.replaced = writer.finish()
+        lines = []
+        with self._failing("volumes"):
+            for container in holders:
+                # Not -v: anonymous volumes stay on the host (README: what a restore needs).
+                container.remove()
+            if holders:
+                names = ", ".join(str(c.name) for c in holders)
+                lines.append(f"removed the stopped containers holding its volumes: {names}")
+        for entry in self._of_kind("volume"):
+            with self._failing(entry.label):
+                lines.append(_restore_volume(deployed, record, entry, image))
+                check_restored(deployed, record, entry, None, self.undo, image=image)
+        self._actions += lines
+        return lines
+
+    def _stopped_holders(self) -> list[Container]:
+        """The service's containers holding a volume to restore, refused unless stopped."""
+        deployed = self.deployed
+        holders: dict[str, Container] = {}
+        for entry in self._of_kind("volume"):
+            volume = deployed.current_volume(entry)
+            if volume is not None:
+                holders.update((str(c.id), c) for c in self._holders(entry, volume))
+        running = [str(c.name) for c in holders.values() if c.status not in STOPPED_STATES]
+        if running:
+            raise ReleaseError(
+                f"cannot restore {deployed.service}'s volumes: {', '.join(running)} still running",
+                untouched=NOTHING_RESTORED,
+                next_command=f"stop them first: {deployed.compose('stop')}",
+            )
+        return list(holders.values())
+
+    def paths(self) -> RestoreReport:
+        """With the service's containers created, not started: put the backup's paths
+        back into its first container. Returns what ``volumes`` and this did."""
+        deployed, record = self.deployed, self.record
+        assert self.replaced is not None, "volumes() sets aside what stands first"
+        paths = [e for e in self._of_kind("path") if not e.absent]
+        first = deployed.first_container()
+        if paths:
+            _refuse_container(deployed, paths[0], first)
+            assert first is not None
+            for entry in paths:
+                deployed.refuse_mounts(first, entry.target)
+        for entry in self._of_kind("path"):
+            with self._failing(entry.label):
+                self._actions.append(_restore_path(entry, record, first))
+                check_restored(deployed, record, entry, first, self.undo)
+        return RestoreReport(record=record, replaced=self.replaced, actions=tuple(self._actions))
+
+    @contextmanager
+    def _failing(self, what: str) -> Iterator[None]:
+        """A Docker API error while restoring, as an operator's error."""
+        try:
+            yield
+        except docker.errors.APIError as exc:
+            raise ReleaseError(
+                f"restore of {self.deployed.service} {what} from {self.record.stamp} failed: {exc}",
+                untouched=self.undo,
+                next_command=(
+                    f"fix the cause (to see the containers: {self.deployed.compose('ps', '-a')})"
+                ),
+            ) from None
 
     @property
     def undo(self) -> str:
-        assert self.replaced is not None  # written by files()
+        assert self.replaced is not None  # written by volumes()
         return (
             f"what stood there is kept in {self.replaced.directory}; restore stamp"
             f" {self.replaced.stamp!r} to put it back"
@@ -206,50 +338,26 @@ class Restore:
         return lines
 
     def abandon(self) -> None:
-        """Drop a set-aside that has no record yet (the revert failed before files())."""
+        """Drop a set-aside that has no record yet (the revert failed before volumes())."""
         if self._aside is not None:
             self._aside.discard()
 
 
-def _preflight(deployed: Deployed, record: BackupRecord, first: Container | None) -> None:
-    """Refuse, before touching anything, what the restore could not finish."""
-    for entry in record.entries:
-        if entry.kind == "volume":
-            volume = deployed.current_volume(entry)
-            running = [
-                str(c.name)
-                for c in (deployed.engine.volume_users(volume.name) if volume else [])
-                if c.status not in STOPPED_STATES
-            ]
-            if running:
-                raise ReleaseError(
-                    f"cannot restore {deployed.service} {entry.label}: it is in use by"
-                    f" running {', '.join(running)}",
-                    untouched=NOTHING_RESTORED,
-                    next_command=f"stop them first: {deployed.compose('stop')}",
-                )
-        elif entry.kind == "path" and not entry.absent:
-            if first is None:
-                raise ReleaseError(
-                    f"cannot restore {deployed.service} {entry.label}: no container of"
-                    f" {deployed.manifest.containers[0]} exists to restore it into",
-                    untouched=NOTHING_RESTORED,
-                    next_command=f"create it without starting it: {deployed.compose('create')}",
-                )
-            if first.status not in STOPPED_STATES:
-                raise ReleaseError(
-                    f"cannot restore {deployed.service} {entry.label}: {first.name} is"
-                    f" {first.status}",
-                    untouched=NOTHING_RESTORED,
-                    next_command=f"stop it first: {deployed.compose('stop')}",
-                )
-            deployed.refuse_mounts(first, entry.target)
-    if any(e.kind == "volume" for e in record.entries) and deployed.helper_image() is None:
+def _refuse_container(deployed: Deployed, entry: Entry, first: Container | None) -> None:
+    """Refuse a path restore without a created, stopped first container to write into."""
+    service = deployed.manifest.containers[0]
+    if first is None:
         raise ReleaseError(
-            f"cannot restore {deployed.service}: no local image to mount volumes in"
-            f" (no container, and {deployed.manifest.image.ref} is not local)",
-            untouched=NOTHING_RESTORED,
-            next_command=f"docker pull {deployed.manifest.image.ref}, then rerun the revert",
+            f"cannot restore {deployed.service} {entry.label}: no container of {service}"
+            " exists to restore it into",
+            untouched="the paths: nothing was written to them",
+            next_command=f"see why: {deployed.compose('ps', '-a', service)}",
+        )
+    if first.status not in STOPPED_STATES:
+        raise ReleaseError(
+            f"cannot restore {deployed.service} {entry.label}: {first.name} is {first.status}",
+            untouched="the paths: nothing was written to them",
+            next_command=f"stop it first: {deployed.compose('stop')}",
         )
 
 
@@ -262,40 +370,33 @@ def _aside_source(deployed: Deployed, entry: Entry, first: Container | None) -> 
     return Source("path", entry.name, entry.target, container=first, missing_ok=True)
 
 
-def _restore_volume(
-    deployed: Deployed,
-    record: BackupRecord,
-    entry: Entry,
-    before: Entry,
-    replaced: BackupRecord,
-) -> str:
-    volume = deployed.current_volume(entry)
-    image = deployed.helper_image()
-    assert image is not None  # checked in _preflight
+def _restore_volume(deployed: Deployed, record: BackupRecord, entry: Entry, image: str) -> str:
+    """Remove the volume, create it again as it was, and fill it from the archive.
+
+    Removing it is the one exact way to empty it that needs no process: nothing
+    runs in the service's image. A volume recorded absent is left removed when
+    Compose made it (its `up` creates it again, empty); one made by hand (external)
+    is created again empty, since Compose would refuse to start without it.
+    """
     client = deployed.engine.client
+    volume = deployed.current_volume(entry)
     if volume is not None:
         for stale in deployed.engine.stale_helpers(volume.name):
             stale.remove(force=True)
-        holders = deployed.engine.volume_users(volume.name)
-        if holders:
-            # Stopped containers still hold it, so it cannot be removed: empty it.
-            _empty_in_place(deployed, image, volume.name, replaced, before, holders)
-            how = f"emptied in place (held by stopped {', '.join(str(c.name) for c in holders)})"
-        else:
-            config = VolumeConfig.of(volume)
-            volume.remove()
-            how = "removed"
-            if not entry.absent:
-                config.create(client, volume.name)
-                how = "removed and recreated"
+        config = VolumeConfig.of(volume)
+        volume.remove()
+        if entry.absent and PROJECT_LABEL in config.labels:
+            return f"{entry.label}: absent in the backup; removed (compose creates it empty)"
+        config.create(client, volume.name)
+        how = "removed and created again"
+    elif entry.absent:
+        return f"{entry.label}: absent in the backup; does not exist"
     else:
-        how = "did not exist"
-        if not entry.absent:
-            assert entry.volume is not None
-            entry.volume.create(client, entry.target)
-            how = "did not exist; created"
+        assert entry.volume is not None
+        entry.volume.create(client, entry.target)
+        how = "did not exist; created"
     if entry.absent:
-        return f"{entry.label}: absent in the backup; {how}"
+        return f"{entry.label}: absent in the backup; {how}, empty"
     assert entry.archive is not None
     with (
         helper(deployed, image, entry.target, read_only=False) as mounted,
@@ -305,75 +406,64 @@ def _restore_volume(
     return f"{entry.label}: {how}, restored from {entry.archive}"
 
 
-def _empty_in_place(
-    deployed: Deployed,
-    image: str,
-    volume: str,
-    replaced: BackupRecord,
-    before: Entry,
-    holders: list[Container],
-) -> None:
-    """Remove the volume's top-level entries, as listed in the set-aside archive."""
-    if before.absent or before.archive is None:
-        return
-    archive = replaced.directory / before.archive
-    prefix = VOLUME_MOUNT.lstrip("/") + "/"
-    with tarfile.open(archive, "r:") as tar:
-        tops = sorted(
-            {m.name[len(prefix) :].split("/")[0] for m in tar if m.name.startswith(prefix)}
-        )
-    if not tops:
-        return
-    # Started, unlike the other throwaway containers: only a running rm can empty a
-    # volume that stopped containers hold.
-    container = deployed.engine.client.containers.create(
-        image,
-        entrypoint=["rm", "-rf", "--", *(f"{VOLUME_MOUNT}/{name}" for name in tops)],
-        user="0:0",
-        labels={HELPER_LABEL: "1"},
-        network_mode="none",
-        mounts=[Mount(VOLUME_MOUNT, volume, type="volume", no_copy=True)],
-    )
-    try:
-        try:
-            container.start()
-            status = container.wait(timeout=300).get("StatusCode", 1)
-        except docker.errors.APIError as exc:
-            status, output = None, str(exc)
-        else:
-            output = container.logs().decode(errors="replace")
-        if status != 0:
-            names = " ".join(str(c.name) for c in holders)
-            raise ReleaseError(
-                f"cannot empty volume {volume} in place (rm in the service's image failed:"
-                f" {output.strip() or f'exit {status}'}); it is held by stopped {names}",
-                untouched=f"volume {volume} as it was; the other entries may be restored",
-                next_command=(
-                    f"remove the stopped containers so the volume can be recreated"
-                    f" (docker rm {names}), then rerun the revert"
-                ),
-            )
-    finally:
-        container.remove(force=True)
-
-
-def _restore_path(record: BackupRecord, entry: Entry, first: Container | None) -> str:
+def _restore_path(entry: Entry, record: BackupRecord, first: Container | None) -> str:
     if entry.absent:
         return (
             f"{entry.label}: absent in the backup (no container then); left as it is,"
             " it goes with the container"
         )
-    assert first is not None and entry.archive is not None  # checked in _preflight
+    assert first is not None and entry.archive is not None  # checked in paths()
     parent, base = posixpath.split(entry.target)
+    made = _make_dirs(first, parent)
     # Replacing a directory with a file removes it, whatever was added since.
-    first.put_archive(parent, _empty_file_tar(base))
+    first.put_archive(parent, _tar(_member(base, tarfile.REGTYPE)))
     with (record.directory / entry.archive).open("rb") as archive:
         first.put_archive(parent, archive)
-    return f"{entry.label}: replaced in {first.name}, restored from {entry.archive}"
+    return (
+        f"{entry.label}: replaced in {first.name}"
+        + (f" (created {parent} first)" if made else "")
+        + f", restored from {entry.archive}"
+    )
 
 
-def _empty_file_tar(name: str) -> bytes:
+def _make_dirs(container: Container, path: str) -> bool:
+    """Create ``path`` and its missing parents in the container, through the API.
+
+    The reverted image may lack a directory the service made at run time; no
+    ``mkdir`` in it is needed. An empty archive put into a directory changes
+    nothing, so it finds the deepest one that exists; only those below it are
+    created (owned by root, mode 0755). Returns whether any was.
+    """
+    missing: list[str] = []
+    existing = path
+    while existing != "/":
+        try:
+            container.put_archive(existing, _tar())
+            break
+        except docker.errors.NotFound:
+            existing, name = posixpath.split(existing)
+            missing.insert(0, name)
+    if not missing:
+        return False
+    dirs = [
+        _member(posixpath.join(*missing[: n + 1]), tarfile.DIRTYPE) for n in range(len(missing))
+    ]
+    container.put_archive(existing, _tar(*dirs))
+    return True
+
+
+def _member(name: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    info.mtime = int(time.time())
+    return info
+
+
+def _tar(*members: tarfile.TarInfo) -> bytes:
+    """An archive of empty files and directories (none: an empty archive)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+        for member in members:
+            tar.addfile(member, io.BytesIO(b""))
     return buf.getvalue()

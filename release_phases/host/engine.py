@@ -27,6 +27,8 @@ T = TypeVar("T")
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
+#: "True" on a `compose run` container, which `compose stop` leaves running.
+ONEOFF_LABEL = "com.docker.compose.oneoff"
 VOLUME_LABEL = "com.docker.compose.volume"
 WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
 #: The engine's own throwaway containers (a volume mounted to archive it).

@@ -46,7 +46,9 @@ def busybox_path() -> str:
 @dataclass(frozen=True)
 class ImageSpec:
     """What the image's /health does: 'ok' (200), 'error' (500), 'silent' (no server) or
-    'crash' (the container exits 3 at once)."""
+    'crash' (the container exits 3 at once). 'bare' is another kind of image: its one
+    file is the static busybox at /busybox, serving /data with httpd; no shell, rm or
+    tar is on any path, so nothing can be run in it but that binary."""
 
     repository: str
     tag: str
@@ -73,6 +75,10 @@ def _dir(tar: tarfile.TarFile, name: str) -> None:
 
 def rootfs(spec: ImageSpec) -> bytes:
     buf = io.BytesIO()
+    if spec.health == "bare":
+        with tarfile.open(fileobj=buf, mode="w") as tar, open(busybox_path(), "rb") as fh:
+            _add(tar, "busybox", fh.read(), 0o755)
+        return buf.getvalue()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for d in ("bin", "tmp", "data", "www", "www/cgi-bin"):
             _dir(tar, d)
@@ -97,14 +103,17 @@ def build(client: docker.DockerClient, spec: ImageSpec, run_label: str) -> str:
     """Import the image and return its id."""
     if spec.health == "silent":
         cmd = '["/bin/busybox","sleep","100000"]'
+    elif spec.health == "bare":
+        cmd = f'["/busybox","httpd","-f","-p","{HTTP_PORT}","-h","/data"]'
     elif spec.health == "crash":
         cmd = '["/bin/busybox","sh","-c","echo crashing at start >&2; exit 3"]'
     else:
         cmd = f'["/bin/busybox","httpd","-f","-p","{HTTP_PORT}","-h","/www"]'
+    changes = [f"CMD {cmd}", f"LABEL {LABEL}={run_label}"]
+    if spec.health == "bare":
+        # Two tags of the same one file would be one image: the tag tells them apart.
+        changes.append(f"ENV IMAGE_TAG={spec.tag}")
     client.api.import_image_from_data(
-        rootfs(spec),
-        repository=spec.repository,
-        tag=spec.tag,
-        changes=[f"CMD {cmd}", f"LABEL {LABEL}={run_label}"],
+        rootfs(spec), repository=spec.repository, tag=spec.tag, changes=changes
     )
     return client.images.get(spec.ref).id

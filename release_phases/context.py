@@ -112,6 +112,26 @@ class ReleaseContext:
         )
         return declared, project
 
+    def released_after(self, service: str) -> tuple[str, ...]:
+        """The service's `after:` as the release (MERGE_SHA) gave it: what a revert
+        undoes in reverse, whatever the worktree holds by then. () when the release
+        removed its manifest, or its manifest cannot be read."""
+        merge, rel = self.state.merge_sha, f"packages/{service}"
+        text = self.git.show(merge, f"{rel}/manifest.yaml") if merge else None
+        if text is None:
+            return ()
+        try:
+            return manifest.parse(
+                text,
+                service=service,
+                package_dir=self.repo / rel,
+                source=f"{rel}/manifest.yaml at MERGE_SHA {merge[:12]}",
+                exists=lambda _name: True,  # only its after: is wanted here
+                deployed=True,
+            ).after
+        except ReleaseError:
+            return ()
+
     def learn_secrets(self, services: Sequence[str]) -> None:
         """Add the secrets the services' compose files give them (in the worktree as it
         stands) to those the run masks. A service whose manifest cannot be read has none

@@ -112,9 +112,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(default: the service's stop_grace_period, else Compose's default)",
     )
     parser.addini("release_compose_timeout", "seconds one compose command may run (600)")
-    parser.addini(
-        "release_parallel", "services migrated at once (1); --parallel overrides it"
-    )
+    parser.addini("release_parallel", "services migrated at once (1); --parallel overrides it")
     parser.addini(
         "release_pull",
         "pull images missing on the host before recreating (true; false without a registry)",
@@ -289,23 +287,33 @@ def step(request: pytest.FixtureRequest) -> Step:
 
 @pytest.fixture(scope="session")
 def wave(release: ReleaseContext) -> Iterator[Wave | None]:
-    """The services migrated side by side, with --parallel above 1; else None."""
+    """The services migrated (or, in a revert, restored) side by side, with --parallel
+    above 1; else None. Made when a step first asks: after the pull, or the git revert."""
     if release.options.parallel <= 1:
         yield None
         return
-    from release_phases import migrate
+    from release_phases import migrate, revert
     from release_phases.wave import Wave
 
     services = release.state.services
-    migrating = Wave(
+    if release.options.mode == "revert":
+        # Backwards: a service is restored once those that came after it are.
+        declared = {s: release.released_after(s) for s in services}
+        after = {s: [o for o in services if s in declared[o]] for s in services}
+        phase, name = "revert", "test_restore"
+        work: Callable[[ReleaseContext, str, Step], object] = revert.restore_service
+    else:
+        after = {s: list(release.manifest(s).after) for s in services}
+        phase, name, work = "migrate", "test_migrate", migrate.migrate_service
+    side_by_side = Wave(
         services,
-        {service: release.manifest(service).after for service in services},
+        after,
         release.options.parallel,
-        work=lambda service, step: migrate.migrate_service(release, service, step),
-        new_step=lambda service: Step(phase="migrate", name="test_migrate", service=service),
+        work=lambda service, step: work(release, service, step),
+        new_step=lambda service: Step(phase=phase, name=name, service=service),
     )
-    yield migrating
-    migrating.close()
+    yield side_by_side
+    side_by_side.close()
 
 
 @pytest.fixture

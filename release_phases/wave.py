@@ -67,6 +67,18 @@ class Wave:
                 raise
             return self._outcomes[service]
 
+    def hand_over(self, service: str, step: Step) -> None:
+        """Be `service`'s step: wait for its outcome, take what it found into `step`, and
+        raise its error; skipped (with why) when it never started."""
+        import pytest
+
+        outcome = self.outcome(service)
+        if outcome is None:
+            pytest.skip(f"not started: {self.halted}")
+        step.adopt(outcome.step)
+        if outcome.error is not None:
+            raise outcome.error
+
     def close(self) -> None:
         """Start nothing more; wait for the services under way."""
         with self._changed:

@@ -102,3 +102,28 @@ def test_a_parallel_that_is_no_count_is_refused(deploy, value):
     assert run.rc == 4, run
     assert f"--parallel {value!r} must be a whole number from 1 to 32" in run.output, run
     assert not (deploy.prod / ".asd").exists()
+
+
+def test_a_parallel_revert_restores_every_service_in_reverse_after_order(
+    deploy, make_service, docker_client
+):
+    """b and c come after a: the revert with --parallel 2 restores b and c side by side,
+    then a; every service runs its old image again."""
+    names = ("a", "b", "c")
+    services = v1_running_v2_merged(deploy, make_service, names, volumes=("data",), ticket="88")
+    for name in ("b", "c"):
+        deploy.write(f"packages/{name}/manifest.yaml", _with_after(deploy, name, ["a"]))
+    deploy.merge_feature("feature/88b", "b and c after a")
+    run = engine.run(deploy.prod, "88", "--parallel", "2")
+    assert run.rc == 0, run
+
+    reverted = engine.run(deploy.prod, "88", "--parallel", "2", mode="revert")
+    assert reverted.rc == 0, reverted
+    started = {}
+    for name, svc in services.items():
+        (found,) = docker_client.containers.list(
+            filters={"label": f"com.docker.compose.project={svc.project}"}
+        )
+        assert found.attrs["Config"]["Image"] == f"{svc.repository}:1", name
+        started[name] = found.attrs["State"]["StartedAt"]
+    assert started["a"] > max(started["b"], started["c"]), started

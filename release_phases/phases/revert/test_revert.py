@@ -5,6 +5,7 @@ import pytest
 from release_phases import probing, revert, verify
 from release_phases.context import ReleaseContext
 from release_phases.steps import Step
+from release_phases.wave import Wave
 
 pytestmark = [
     pytest.mark.revert,
@@ -25,8 +26,12 @@ def test_revert_code(release: ReleaseContext, step: Step) -> None:
     step.log_fields.update(revert=sha)
 
 
-def test_restore(release: ReleaseContext, step: Step, service: str) -> None:
-    revert.restore_service(release, service, step)
+@pytest.mark.side_by_side
+def test_restore(release: ReleaseContext, step: Step, service: str, wave: Wave | None) -> None:
+    if wave is None:
+        revert.restore_service(release, service, step)
+    else:  # --parallel: the wave restores the services side by side; this is one of them
+        wave.hand_over(service, step)
 
 
 @pytest.mark.not_with("skip_git", reason="--skip-git: nothing to push")

@@ -478,6 +478,8 @@ class Record:
         self.stopped_by: ReleaseError | None = None
         #: The signal handlers this run replaced, put back at the end.
         self.handlers: dict[int, Any] = {}
+        #: What the terminal was told about a stale lock taken over, for the summary too.
+        self.took_over_lines: list[str] = []
 
     def summary(self) -> Summary:
         return self.ledger.summary(self.ctx.options, self.journal.state)
@@ -522,11 +524,26 @@ class Record:
             self.ledger.refused = "release halted: the lock is held by another release"
             raise
         self.ledger.started = True
+        # The lock file names each command's process group from here on.
+        self.ctx.host.runner.children = self.journal
+        if self.journal.took_over is not None:
+            self._took_over(phase)
         # From here on a signal ends the run the way Ctrl-C does: the step's processes
         # are killed (the Runner kills their group), the open phase is recorded failed
         # with the signal, the lock is let go. SIGTERM would otherwise end Python at once.
         for signum in (signal.SIGINT, signal.SIGTERM):
             self.handlers[signum] = signal.signal(signum, self._stop)
+
+    def _took_over(self, phase: str) -> None:
+        """Say so on the terminal."""
+        taken = self.journal.took_over
+        assert taken is not None
+        lines = taken.lines()
+        self.took_over_lines = lines
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            for line in lines:
+                reporter.write_line(line, yellow=True)
 
     def _stop(self, signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
@@ -614,6 +631,7 @@ class Record:
         if stop is not None:
             # No step's report says it: the run itself was stopped.
             lines += [stop.what, f"left as it was: {stop.untouched}"]
+        lines += self.took_over_lines
         if self.ledger.started:
             lines.append(f"state file: {paths.state}  (PHASE={st.phase} {st.phase_status})")
             lines.append(f"log: {paths.log}")

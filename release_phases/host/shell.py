@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, Protocol, TextIO
 
 from release_phases.errors import ReleaseError
 
@@ -71,17 +71,27 @@ class CommandFailed(ReleaseError):
         self.result = result
 
 
+class Children(Protocol):
+    """Told of each command's process group as it starts and once it was reaped: the
+    lock file names them, so that a run taking over from a killed one can end them."""
+
+    def started(self, pid: int) -> None: ...
+
+    def ended(self, pid: int) -> None: ...
+
+
 @dataclass
 class Runner:
     """Runs argv lists; ``stream`` echoes output live (to the real terminal).
 
     ``stream_to`` replaces the real terminal (``sys.__stderr__``) as the place
-    streamed output is copied to.
+    streamed output is copied to; ``children`` is told of every process group.
     """
 
     echo: bool = False
     history: list[Result] = field(default_factory=list)
     stream_to: TextIO | None = None
+    children: Children | None = None
 
     def run(
         self,
@@ -126,6 +136,7 @@ class Runner:
                 start_new_session=True,
             )
         # The child holds its own copies of the files; ours are closed above.
+        self._started(proc)
         if stdin is not None:
             _feed(proc, stdin)
         pipe = proc.stderr if sink else proc.stdout
@@ -139,6 +150,7 @@ class Runner:
                 _drain(pipe, output)
                 proc.wait()
             pipe.close()
+            self._ended(proc)
         result = Result(
             argv=argv,
             returncode=proc.returncode if finished else 124,
@@ -168,6 +180,7 @@ class Runner:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
+        self._started(proc)
         try:
             out, err = proc.communicate(timeout=timeout)
             timed_out = False
@@ -179,6 +192,7 @@ class Runner:
             if proc.returncode is None:  # interrupted (Ctrl-C): leave nothing running
                 _kill_group(proc)
                 proc.wait()
+            self._ended(proc)
         return Read(
             argv=argv,
             returncode=124 if timed_out else proc.returncode,
@@ -187,6 +201,15 @@ class Runner:
             duration=time.monotonic() - start,
             timed_out=timed_out,
         )
+
+    def _started(self, proc: subprocess.Popen[bytes]) -> None:
+        if self.children is not None:
+            self.children.started(proc.pid)
+
+    def _ended(self, proc: subprocess.Popen[bytes]) -> None:
+        # Only once reaped: until then the pid, the group's id, is still this command's.
+        if self.children is not None and proc.returncode is not None:
+            self.children.ended(proc.pid)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -535,10 +535,19 @@ class Record:
             self.handlers[signum] = signal.signal(signum, self._stop)
 
     def _took_over(self, phase: str) -> None:
-        """Say so on the terminal."""
+        """Say so on the terminal, and remove the throwaway containers the dead run left."""
         taken = self.journal.took_over
         assert taken is not None
         lines = taken.lines()
+        try:
+            removed = self.ctx.host.remove_leftover_helpers()
+        except ReleaseError as exc:  # the engine does not answer: preflight will say so
+            lines.append(f"could not look for its throwaway containers: {exc.what}")
+        else:
+            if removed:
+                names = " ".join(removed)
+                self.journal.log(phase, "lock", action="removed-helpers", containers=names)
+                lines.append(f"removed its throwaway containers: {names}")
         self.took_over_lines = lines
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:

@@ -577,6 +577,9 @@ class Record:
         phase = phase_of(item)
         if phase is not None:
             self.journal.record(self.ledger.step_runs(phase))
+            # Where a run killed mid-step stood: the log's last line names the step.
+            name = item.name.split("[")[0]
+            self.journal.log(phase, "began", step=name, service=service_of(item))
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(

@@ -13,7 +13,7 @@ import copy
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from release_phases import clock, eventlog, leftovers, lock
@@ -74,6 +74,8 @@ class TakeOver:
     ended: tuple[leftovers.Proc, ...] = ()
     #: Those of them still there after the grace, sent SIGKILL.
     killed: tuple[leftovers.Proc, ...] = ()
+    #: Backup directories it was writing, without a record: removed.
+    incomplete: tuple[Path, ...] = ()
 
     def lines(self) -> list[str]:
         """What the terminal says about it."""
@@ -83,6 +85,9 @@ class TakeOver:
                 f"ended what that run left running: {leftovers.describe(self.ended)}"
                 + (f" (SIGKILL for {leftovers.describe(self.killed)})" if self.killed else "")
             )
+        if self.incomplete:
+            names = " ".join(str(d) for d in self.incomplete)
+            said.append(f"removed the backups it left half written: {names}")
         return said
 
 
@@ -121,7 +126,9 @@ class Journal:
         if held.took_over is not None:
             # First of all: a ticket script or a compose command of the dead run may
             # still be changing what this run is about to read and change.
-            self.took_over = end_leftovers(held.took_over)
+            taken = end_leftovers(held.took_over)
+            # Only now, with its writers ended: a half backup must not stay to look like one.
+            self.took_over = replace(taken, incomplete=remove_incomplete(self.paths.backups))
         try:
             now = self.paths.found_state()
             if _text(now) != _text(self.found):
@@ -153,6 +160,9 @@ class Journal:
                     processes=leftovers.describe(taken.ended),
                     sigkill=leftovers.describe(taken.killed) or None,
                 )
+            if taken.incomplete:
+                where = " ".join(str(d.relative_to(self.paths.backups)) for d in taken.incomplete)
+                self.log(phase, "lock", action="removed-incomplete-backups", backups=where)
 
     # -- the process groups of commands, for the lock file (a `shell.Children`) ----------
     def started(self, pid: int) -> None:
@@ -238,6 +248,16 @@ def end_leftovers(holder: lock.Holder, *, grace: float = leftovers.GRACE) -> Tak
     doomed = holder.leftovers(leftovers.scan())
     killed = leftovers.end(doomed, grace=grace)
     return TakeOver(holder, tuple(doomed), tuple(killed))
+
+
+def remove_incomplete(root: Path) -> tuple[Path, ...]:
+    """Remove the backup directories a killed run left without a record."""
+    from release_phases.backup.record import incomplete  # loads the backup package
+
+    found = tuple(incomplete(root))
+    for directory in found:
+        shutil.rmtree(directory, ignore_errors=True)
+    return found
 
 
 def _text(state: State | None) -> str | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from release_phases import leftovers, lock
+from release_phases.backup.record import RECORD_NAME, incomplete
 from release_phases.host.shell import Runner
 from release_phases.journal import end_leftovers
 from release_phases.leftovers import Proc, decide
@@ -213,3 +214,19 @@ def test_the_runner_names_each_commands_group_as_it_starts_and_once_it_is_reaped
         runner.read(["sh", "-c", "exit 0"], timeout=10)
     (started, pid), (ended, same) = recorder.calls
     assert (started, ended) == ("started", "ended") and pid == same > 0
+
+
+def test_backup_directories_without_a_record_are_the_incomplete_ones(tmp_path):
+    root = tmp_path / "backups"
+    whole = root / "api" / "20260101_000000"
+    half = root / "api" / "20260101_000100"
+    whole_aside = whole / "replaced-20260102_000000"
+    half_aside = whole / "replaced-20260102_000100"
+    half_inside_half = half / "replaced-20260102_000200"
+    for directory in (whole, half, whole_aside, half_aside, half_inside_half):
+        directory.mkdir(parents=True)
+    for directory in (whole, whole_aside):
+        (directory / RECORD_NAME).write_text("{}")
+    (root / "api" / "notes").mkdir()  # not named like a backup: not the engine's
+    assert sorted(incomplete(root)) == sorted([half, half_aside])
+    assert incomplete(tmp_path / "none") == []

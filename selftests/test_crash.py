@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,9 @@ class Watch:
         if not self.log.exists():
             return False
         wanted = (f"phase={phase}", "event=began", f"step={step}")
-        return any(all(w in line.split() for w in wanted) for line in self.log.open())
+        return any(
+            all(w in line.split() for w in wanted) for line in self.log.read_text().splitlines()
+        )
 
     def running(self, word: str) -> bool:
         """A command whose argv holds ``word`` runs in a group the lock file names."""
@@ -116,10 +119,14 @@ class Watch:
 
     def partial(self, kind: str) -> bool:
         """A backup file of ``kind`` is being written (not yet renamed to its name)."""
-        return any(
-            p.stat().st_size > 0 if kind == "volume" else True
-            for p in self.backups.glob(f"*/.*-{kind}-*.partial")
-        )
+        for path in self.backups.glob(f"*/.*-{kind}-*.partial"):
+            try:
+                # An archive has begun once bytes arrive; a dump's file is made empty first.
+                if kind != "volume" or path.stat().st_size > 0:
+                    return True
+            except FileNotFoundError:
+                pass  # renamed or removed since the listing
+        return False
 
     def new_container_runs(self) -> bool:
         """The release's container (tag 2) runs and `up` has ended: the health wait is on."""
@@ -137,7 +144,14 @@ class Watch:
             text=True,
             check=False,
         )
-        return bool(done.stdout.strip()) and not self.running("up")
+        return bool(done.stdout.strip()) and not self.running("up") and not self.answers()
+
+    def answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.svc.endpoint, timeout=0.5):
+                return True
+        except OSError:  # refused, reset, timed out, or an HTTP error
+            return False
 
     def set_aside_done(self) -> bool:
         """A revert's set-aside is complete: the restore into the volume is under way."""

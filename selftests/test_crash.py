@@ -70,6 +70,12 @@ SLOW_DUMP = {
     "restore": ["sh", "-c", f"rm -rf {DATA}/* && tar -x -C {DATA}"],
 }
 
+#: A quick dump whose restore takes its time before it reads the dump.
+SLOW_RESTORE = {
+    "command": ["tar", "-c", "-C", DATA, "."],
+    "restore": ["sh", "-c", f"sleep 8; rm -rf {DATA}/* && tar -x -C {DATA}"],
+}
+
 #: The new version answers its health check only after a while.
 SLOW_START = ["sh", "-c", "sleep 6; exec /bin/busybox httpd -f -p 8080 -h /www"]
 
@@ -169,7 +175,10 @@ class KillPoint:
     #: How the operator recovers: go on with the release, or revert it.
     recover: str = "resume"
     big_volume: bool = False
+    #: backup.when: stopped, so the archive is taken in migrate with the service down.
+    when_stopped: bool = False
     slow_dump: bool = False
+    slow_restore: bool = False
     slow_start: bool = False
     hang_ticket: bool = False
     #: release_stop_timeout for the killed run: the old container takes this long to stop.
@@ -203,6 +212,15 @@ POINTS = [
         half_backup=True,
         helper=True,
         quick=True,
+    ),
+    KillPoint(
+        "backup-archive-while-stopped",
+        "migrate",
+        lambda w: w.began("migrate", "test_migrate") and w.partial("volume"),
+        big_volume=True,
+        when_stopped=True,
+        half_backup=True,
+        helper=True,
     ),
     KillPoint(
         "backup-dump",
@@ -249,6 +267,16 @@ POINTS = [
         big_volume=True,
         recover="revert",
         quick=True,
+    ),
+    KillPoint(
+        "revert-dump-restore",
+        "revert",
+        lambda w: w.began("revert", "test_restore") and w.set_aside_done() and w.running("exec"),
+        mode="revert",
+        slow_restore=True,
+        recover="revert",
+        leaves_running=True,
+        until_takeover=True,
     ),
     # Step boundaries: just as the step begins.
     KillPoint("began-migrate", "migrate", began("migrate", "test_migrate"), quick=True),
@@ -331,6 +359,10 @@ def _prepare(deploy: DeployRepo, make_service, point: KillPoint) -> tuple[Servic
     backup: dict[str, object] = {"volumes": [KEY]}
     if point.slow_dump:
         backup["dump"] = SLOW_DUMP
+    if point.slow_restore:
+        backup["dump"] = SLOW_RESTORE
+    if point.when_stopped:
+        backup["when"] = "stopped"
     (svc,) = running_on_prod(
         deploy, make_service, ("api",), volumes=(KEY,), backup=backup, compose=point.compose
     ).values()

@@ -245,7 +245,7 @@ class Journal:
 
 def end_leftovers(holder: lock.Holder, *, grace: float = leftovers.GRACE) -> TakeOver:
     """End what a run that died holding the lock left running (see `leftovers`)."""
-    doomed = holder.leftovers(leftovers.scan())
+    doomed = holder.left_running(leftovers.scan())
     killed = leftovers.end(doomed, grace=grace)
     return TakeOver(holder, tuple(doomed), tuple(killed))
 

@@ -45,7 +45,7 @@ class Holder:
     def describe(self) -> str:
         return f"ticket {self.ticket} (pid {self.pid} on {self.host}, since {self.started})"
 
-    def leftovers(self, procs: list[leftovers.Proc]) -> list[leftovers.Proc]:
+    def left_running(self, procs: list[leftovers.Proc]) -> list[leftovers.Proc]:
         """Of ``procs`` (what runs now), those this holder left running. A holder on
         another host (a lock file on shared storage) names pids of that host: none."""
         if self.host != socket.gethostname():

@@ -473,7 +473,7 @@ def test_a_kill_9_loses_nothing_and_the_next_command_recovers(
     try:
         _kill_when(proc, watch, point, out)
         holder = _check_the_wreck(watch, point, proc.pid)
-        left = [p for p in holder.leftovers(leftovers.scan()) if p.pid != proc.pid]
+        left = [p for p in holder.left_running(leftovers.scan()) if p.pid != proc.pid]
         if point.leaves_running:
             assert left, f"a kill -9 ends the engine alone; its command runs on ({point.id})"
         if point.half_backup:
@@ -492,7 +492,7 @@ def test_a_kill_9_loses_nothing_and_the_next_command_recovers(
             assert (run.state.phase, run.state.phase_status) == ("verify", "done"), run
         log = watch.log.read_text()
         assert "action=took-over-stale" in log, log
-        assert holder.leftovers(leftovers.scan()) == [], "the takeover ended what was left"
+        assert holder.left_running(leftovers.scan()) == [], "the takeover ended what was left"
         if point.until_takeover:
             assert "action=ended-leftovers" in log, log
             assert "ended what that run left running" in run.output, run
@@ -509,6 +509,6 @@ def test_a_kill_9_loses_nothing_and_the_next_command_recovers(
         # Whatever the outcome, nothing the dead run started may outlive the test.
         holder = holder or lock.read(watch.lock_path)
         if holder is not None:
-            leftovers.end(holder.leftovers(leftovers.scan()), grace=1)
+            leftovers.end(holder.left_running(leftovers.scan()), grace=1)
         for helper in _helpers_of(repo):
             subprocess.run(["docker", "rm", "-f", helper], capture_output=True, check=False)

@@ -91,7 +91,7 @@ def test_the_engine_itself_is_ended_only_when_its_start_time_matches():
 
 def test_a_holder_on_another_host_names_no_process_here():
     holder = lock.Holder("1", 100, "elsewhere", "now", 50, ((100, 50),))
-    assert holder.leftovers([Proc(100, 100, 50, "S", "bash")]) == []
+    assert holder.left_running([Proc(100, 100, 50, "S", "bash")]) == []
 
 
 def test_end_sends_sigterm_then_sigkill_to_what_is_still_there():

@@ -3,20 +3,22 @@ a real takeover that ends a real process group."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from release_phases import leftovers, lock
+from release_phases import eventlog, leftovers, lock
 from release_phases.backup.record import RECORD_NAME, incomplete
 from release_phases.host.shell import Runner
-from release_phases.journal import end_leftovers
+from release_phases.journal import Journal, Paths, end_leftovers
 from release_phases.leftovers import Proc, decide
 
 STAT = "4242 (bash) S 1 4242 4242 0 -1 4194560 120 0 0 0 0 0 0 0 20 0 1 0 98765 8654848 800"
@@ -230,3 +232,34 @@ def test_backup_directories_without_a_record_are_the_incomplete_ones(tmp_path):
     (root / "api" / "notes").mkdir()  # not named like a backup: not the engine's
     assert sorted(incomplete(root)) == sorted([half, half_aside])
     assert incomplete(tmp_path / "none") == []
+
+
+@pytest.mark.reliability(
+    "kill", "a stale lock naming a running command and a half backup: the journal ends and removes"
+)
+def test_the_journal_ends_what_a_dead_run_left_and_logs_it(tmp_path):
+    paths = Paths(tmp_path, "7")
+    half = paths.backups / "api" / "20260101_000000"
+    half.mkdir(parents=True)
+    (half / ".02-volume-data.tar.x.partial").write_bytes(b"cut short")
+    left = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        start = leftovers.start_time(left.pid)
+        assert start is not None
+        dead = lock.Holder("6", 1, lock.me("x").host, "then", None, ((left.pid, start),))
+        paths.lock.parent.mkdir(parents=True)
+        paths.lock.write_text(json.dumps(asdict(dead)))
+        journal = Journal(paths, None, branch="main")
+        journal.open(fresh_release=True, phase="prepare")
+        journal.close()
+        assert left.wait(timeout=5) == -signal.SIGTERM, "ended with SIGTERM"
+    finally:
+        if left.poll() is None:
+            left.kill()
+            left.wait()
+    assert not half.exists(), "the half backup was removed"
+    events = [eventlog.parse_line(line) for line in paths.log.read_text().splitlines()]
+    actions = {e["action"]: e for e in events if e["event"] == "lock"}
+    assert actions.keys() == {"took-over-stale", "ended-leftovers", "removed-incomplete-backups"}
+    assert actions["ended-leftovers"]["processes"] == f"{left.pid}:sleep"
+    assert actions["removed-incomplete-backups"]["backups"] == "api/20260101_000000"

@@ -203,7 +203,7 @@ def began(phase: str, step: str) -> Callable[[Watch], bool]:
 
 
 POINTS = [
-    # Inside each long step (the quick suite).
+    # Inside each long step.
     KillPoint(
         "backup-archive",
         "prepare",
@@ -258,6 +258,15 @@ POINTS = [
         leaves_running=True,
         until_takeover=True,
         quick=True,
+    ),
+    KillPoint(
+        "ticket-script-then-revert",
+        "ticket",
+        lambda w: (w.repo / ".asd/ticket-started").exists() and w.running("bash"),
+        hang_ticket=True,
+        leaves_running=True,
+        until_takeover=True,
+        recover="revert",
     ),
     KillPoint(
         "revert-restore",

@@ -13,10 +13,10 @@ import copy
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from release_phases import clock, eventlog, lock
+from release_phases import clock, eventlog, leftovers, lock
 from release_phases import state as statefile
 from release_phases.errors import ConfigError
 from release_phases.ledger import Began, Finished, Transition
@@ -65,6 +65,32 @@ class Paths:
         return statefile.load(self.state, self.ticket)
 
 
+@dataclass(frozen=True)
+class TakeOver:
+    """A stale lock taken over: who died holding it and what of theirs was ended."""
+
+    holder: lock.Holder
+    #: Processes the dead run left running, sent SIGTERM.
+    ended: tuple[leftovers.Proc, ...] = ()
+    #: Those of them still there after the grace, sent SIGKILL.
+    killed: tuple[leftovers.Proc, ...] = ()
+    #: Backup directories it was writing, without a record: removed.
+    incomplete: tuple[Path, ...] = ()
+
+    def lines(self) -> list[str]:
+        """What the terminal says about it."""
+        said = [f"took over the lock from a run that died holding it: {self.holder.describe()}"]
+        if self.ended:
+            said.append(
+                f"ended what that run left running: {leftovers.describe(self.ended)}"
+                + (f" (SIGKILL for {leftovers.describe(self.killed)})" if self.killed else "")
+            )
+        if self.incomplete:
+            names = " ".join(str(d) for d in self.incomplete)
+            said.append(f"removed the backups it left half written: {names}")
+        return said
+
+
 class Journal:
     """Writes one run's record: the lock, the state file and the event log."""
 
@@ -83,6 +109,8 @@ class Journal:
         self.state = copy.deepcopy(found) if found else State(ticket=paths.ticket, branch=branch)
         self.ticket_scripts = tuple(ticket_scripts)
         self.held: lock.Acquired | None = None
+        #: The stale lock this run took over, if it did.
+        self.took_over: TakeOver | None = None
         #: A finished release of this ticket whose per-release keys go at the next pull.
         self.replaces_release = False
         self._phase_t0 = 0.0
@@ -95,6 +123,12 @@ class Journal:
         """Take the lock and check the state file is still the one the run was planned
         from. Raises ReleaseError (the lock is held) or ConfigError, writing nothing."""
         held = lock.acquire(self.paths.lock, self.paths.ticket)
+        if held.took_over is not None:
+            # First of all: a ticket script or a compose command of the dead run may
+            # still be changing what this run is about to read and change.
+            taken = end_leftovers(held.took_over)
+            # Only now, with its writers ended: a half backup must not stay to look like one.
+            self.took_over = replace(taken, incomplete=remove_incomplete(self.paths.backups))
         try:
             now = self.paths.found_state()
             if _text(now) != _text(self.found):
@@ -115,8 +149,29 @@ class Journal:
             kept = self.paths.state.with_name(f"{self.paths.ticket}.env.{clock.stamp()}")
             shutil.copy2(self.paths.state, kept)
             self.replaces_release = True
-        if held.took_over:
-            self.log(phase, "lock", action="took-over-stale", holder=held.took_over.describe())
+        if self.took_over is not None:
+            taken = self.took_over
+            self.log(phase, "lock", action="took-over-stale", holder=taken.holder.describe())
+            if taken.ended:
+                self.log(
+                    phase,
+                    "lock",
+                    action="ended-leftovers",
+                    processes=leftovers.describe(taken.ended),
+                    sigkill=leftovers.describe(taken.killed) or None,
+                )
+            if taken.incomplete:
+                where = " ".join(str(d.relative_to(self.paths.backups)) for d in taken.incomplete)
+                self.log(phase, "lock", action="removed-incomplete-backups", backups=where)
+
+    # -- the process groups of commands, for the lock file (a `shell.Children`) ----------
+    def started(self, pid: int) -> None:
+        if self.held is not None:
+            self.held.started(pid)
+
+    def ended(self, pid: int) -> None:
+        if self.held is not None:
+            self.held.ended(pid)
 
     def close(self) -> None:
         if self.held is not None:
@@ -186,6 +241,23 @@ class Journal:
     def log(self, phase: str, event: str, **fields: object) -> None:
         line = eventlog.format_line(self.paths.ticket, phase, event, None, **fields)
         eventlog.append(self.paths.log, line)
+
+
+def end_leftovers(holder: lock.Holder, *, grace: float = leftovers.GRACE) -> TakeOver:
+    """End what a run that died holding the lock left running (see `leftovers`)."""
+    doomed = holder.left_running(leftovers.scan())
+    killed = leftovers.end(doomed, grace=grace)
+    return TakeOver(holder, tuple(doomed), tuple(killed))
+
+
+def remove_incomplete(root: Path) -> tuple[Path, ...]:
+    """Remove the backup directories a killed run left without a record."""
+    from release_phases.backup.record import incomplete  # loads the backup package
+
+    found = tuple(incomplete(root))
+    for directory in found:
+        shutil.rmtree(directory, ignore_errors=True)
+    return found
 
 
 def _text(state: State | None) -> str | None:

@@ -6,6 +6,16 @@ crashed run never blocks the next. The file's content says who holds it (ticket,
 pid, host, start time) for the refusal message; content found by a run that did
 get the lock was left by a run that died holding it, and is reported as a stale
 lock taken over.
+
+The file also names what the run has running: its own pid and the process group of
+each command it started (with start times, see `leftovers`), rewritten as commands
+start and end. A run that takes a stale lock over ends what is still running of
+those before it does anything else.
+
+The content is rewritten in place (the flock belongs to the file, so it cannot be
+replaced by a rename): the new text is written over the old, padded with spaces to
+the old length, and only then is the file cut to size. JSON allows the trailing
+spaces, so at every moment the file holds one whole record, whichever.
 """
 
 from __future__ import annotations
@@ -14,10 +24,10 @@ import fcntl
 import json
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from release_phases import clock
+from release_phases import clock, leftovers
 from release_phases.errors import ReleaseError
 
 
@@ -27,22 +37,37 @@ class Holder:
     pid: int
     host: str
     started: str
+    #: The holder's start time in clock ticks after boot (None: unknown, no /proc).
+    pid_start: int | None = None
+    #: The process groups of the commands it is running: (group id, leader's start time).
+    groups: tuple[tuple[int, int], ...] = field(default=())
 
     def describe(self) -> str:
         return f"ticket {self.ticket} (pid {self.pid} on {self.host}, since {self.started})"
 
+    def left_running(self, procs: list[leftovers.Proc]) -> list[leftovers.Proc]:
+        """Of ``procs`` (what runs now), those this holder left running. A holder on
+        another host (a lock file on shared storage) names pids of that host: none."""
+        if self.host != socket.gethostname():
+            return []
+        engine = (self.pid, self.pid_start) if self.pid_start is not None else None
+        return leftovers.decide(self.groups, engine, procs)
+
 
 def me(ticket: str) -> Holder:
-    return Holder(ticket, os.getpid(), socket.gethostname(), clock.iso())
+    pid = os.getpid()
+    return Holder(ticket, pid, socket.gethostname(), clock.iso(), leftovers.start_time(pid))
 
 
 def _parse(text: str) -> Holder | None:
     if not text.strip():
         return None
     try:
-        return Holder(**json.loads(text))
-    except (ValueError, TypeError):
-        return Holder("?", -1, "?", "?")  # cut short by a crash mid-write
+        fields = json.loads(text)
+        fields["groups"] = tuple((int(g), int(s)) for g, s in fields.get("groups", ()))
+        return Holder(**fields)
+    except (ValueError, TypeError, AttributeError):
+        return Holder("?", -1, "?", "?")  # not a record this version wrote
 
 
 def read(path: Path) -> Holder | None:
@@ -59,6 +84,38 @@ class Acquired:
     fd: int
     #: What a run that died holding the lock left in the file, for the log.
     took_over: Holder | None = None
+
+    def started(self, pid: int) -> None:
+        """A command started in process group ``pid``: name it in the file."""
+        start = leftovers.start_time(pid)
+        if start is None:
+            return  # gone already, or no /proc: nothing a later run could check it by
+        groups = (*self.holder.groups, (pid, start))
+        self._write(replace(self.holder, groups=groups))
+
+    def ended(self, pid: int) -> None:
+        """The command of process group ``pid`` was reaped: no longer ours to end."""
+        groups = tuple(g for g in self.holder.groups if g[0] != pid)
+        if groups != self.holder.groups:
+            self._write(replace(self.holder, groups=groups))
+
+    def _write(self, holder: Holder) -> None:
+        # No fsync: the record matters after a kill of this process, and what it wrote
+        # is then in the page cache all the same; a crash of the machine ends its
+        # processes too. Commands start often enough that a sync each would cost.
+        _overwrite(self.fd, _text(holder))
+        self.holder = holder
+
+
+def _text(holder: Holder) -> bytes:
+    return json.dumps(asdict(holder)).encode()
+
+
+def _overwrite(fd: int, data: bytes) -> None:
+    """Replace the file's content without a moment in which it holds no whole record."""
+    old = os.fstat(fd).st_size
+    os.pwrite(fd, data.ljust(old, b" "), 0)
+    os.ftruncate(fd, len(data))
 
 
 def acquire(path: Path, ticket: str) -> Acquired:
@@ -79,8 +136,7 @@ def acquire(path: Path, ticket: str) -> Acquired:
         ) from None
     stale = _parse(os.pread(fd, 65536, 0).decode(errors="replace"))
     mine = me(ticket)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(asdict(mine)).encode(), 0)
+    _overwrite(fd, _text(mine))
     os.fsync(fd)
     return Acquired(mine, fd, stale)
 

@@ -570,6 +570,8 @@ class Record:
         self.stopped_by: ReleaseError | None = None
         #: The signal handlers this run replaced, put back at the end.
         self.handlers: dict[int, Any] = {}
+        #: What the terminal was told about a stale lock taken over, for the summary too.
+        self.took_over_lines: list[str] = []
 
     def summary(self) -> Summary:
         return self.ledger.summary(self.ctx.options, self.journal.state)
@@ -614,11 +616,35 @@ class Record:
             self.ledger.refused = "release halted: the lock is held by another release"
             raise
         self.ledger.started = True
+        # The lock file names each command's process group from here on.
+        self.ctx.host.runner.children = self.journal
+        if self.journal.took_over is not None:
+            self._took_over(phase)
         # From here on a signal ends the run the way Ctrl-C does: the step's processes
         # are killed (the Runner kills their group), the open phase is recorded failed
         # with the signal, the lock is let go. SIGTERM would otherwise end Python at once.
         for signum in (signal.SIGINT, signal.SIGTERM):
             self.handlers[signum] = signal.signal(signum, self._stop)
+
+    def _took_over(self, phase: str) -> None:
+        """Say so on the terminal, and remove the throwaway containers the dead run left."""
+        taken = self.journal.took_over
+        assert taken is not None
+        lines = taken.lines()
+        try:
+            removed = self.ctx.host.remove_leftover_helpers()
+        except ReleaseError as exc:  # the engine does not answer: preflight will say so
+            lines.append(f"could not look for its throwaway containers: {exc.what}")
+        else:
+            if removed:
+                names = " ".join(removed)
+                self.journal.log(phase, "lock", action="removed-helpers", containers=names)
+                lines.append(f"removed its throwaway containers: {names}")
+        self.took_over_lines = lines
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            for line in lines:
+                reporter.write_line(line, yellow=True)
 
     def _stop(self, signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
@@ -643,6 +669,9 @@ class Record:
         phase = phase_of(item)
         if phase is not None:
             self.journal.record(self.ledger.step_runs(phase))
+            # Where a run killed mid-step stood: the log's last line names the step.
+            name = item.name.split("[")[0]
+            self.journal.log(phase, "began", step=name, service=service_of(item))
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -707,6 +736,7 @@ class Record:
         if stop is not None:
             # No step's report says it: the run itself was stopped.
             lines += [stop.what, f"left as it was: {stop.untouched}"]
+        lines += self.took_over_lines
         if self.ledger.started:
             lines.append(f"state file: {paths.state}  (PHASE={st.phase} {st.phase_status})")
             lines.append(f"log: {paths.log}")

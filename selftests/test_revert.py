@@ -160,7 +160,7 @@ def test_a_revert_killed_mid_restore_is_finished_by_a_rerun(
     deadline = time.monotonic() + 60
     # kill -9 once the first service's restore step has begun
     while time.monotonic() < deadline:
-        if log.exists() and "step=test_revert_code" in log.read_text():
+        if log.exists() and "event=step step=test_revert_code" in log.read_text():
             break
         time.sleep(0.05)
     else:

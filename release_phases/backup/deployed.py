@@ -13,7 +13,7 @@ from release_phases.backup.record import Entry
 from release_phases.errors import ReleaseError
 from release_phases.host import Host
 from release_phases.host.compose import ComposeProject
-from release_phases.host.engine import HELPER_LABEL, Engine, project_volume
+from release_phases.host.engine import HELPER_LABEL, HELPER_REPO_LABEL, Engine, project_volume
 from release_phases.host.shell import render
 from release_phases.manifest import Manifest
 
@@ -97,7 +97,8 @@ def helper(deployed: Deployed, image: str, volume: str, *, read_only: bool) -> I
     container = deployed.engine.client.containers.create(
         image,
         entrypoint=NEVER_STARTED,
-        labels={HELPER_LABEL: "1"},
+        # The repository: a run that takes over from a killed one removes what it left.
+        labels={HELPER_LABEL: "1", HELPER_REPO_LABEL: str(deployed.host.repo)},
         network_mode="none",
         mounts=[Mount(VOLUME_MOUNT, volume, type="volume", read_only=read_only, no_copy=True)],
     )

@@ -27,6 +27,8 @@ RECORD_FORMAT = 1
 STAMP = re.compile(r"\d{8}_\d{6}")
 # A set-aside copy is a backup too, found under the backup it was set aside for.
 ANY_STAMP = re.compile(r"\d{8}_\d{6}(/replaced-\d{8}_\d{6})*")
+#: The name of a set-aside, inside the backup it was restored from.
+REPLACED = re.compile(r"replaced-\d{8}_\d{6}")
 
 NOTHING_RESTORED = "the service and its data: nothing was restored"
 
@@ -390,3 +392,28 @@ def sha256_of(fh: IO[bytes]) -> str:
 def sha256_file(path: Path) -> str:
     with path.open("rb") as fh:
         return sha256_of(fh)
+
+
+def incomplete(root: Path) -> list[Path]:
+    """Backup directories under ``root`` without a record: half backups (or half
+    set-asides) that a run killed while writing them never got to remove.
+
+    Only a run holding the lock may act on this: a directory being written right
+    now has no record yet either.
+    """
+    found: list[Path] = []
+
+    def walk(directory: Path, pattern: re.Pattern[str]) -> None:
+        for child in sorted(directory.iterdir()):
+            if not child.is_dir() or child.is_symlink() or not pattern.fullmatch(child.name):
+                continue
+            if (child / RECORD_NAME).is_file():
+                walk(child, REPLACED)  # a restore's set-aside lives inside its backup
+            else:
+                found.append(child)
+
+    if root.is_dir():
+        for service in sorted(root.iterdir()):
+            if service.is_dir() and not service.is_symlink():
+                walk(service, STAMP)
+    return found

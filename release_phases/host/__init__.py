@@ -79,6 +79,14 @@ class Host:
             stdout_to=stdout_to,
         )
 
+    def remove_leftover_helpers(self) -> list[str]:
+        """Remove the throwaway containers a killed run of this repository left (one
+        may hold a volume a restore must remove); their names."""
+        found = self.engine.helpers_of(str(self.repo))
+        for container in found:
+            container.remove(force=True)
+        return [str(c.name) for c in found]
+
     # -- compose, run -------------------------------------------------------------------
     def recreate(self, project: ComposeProject, *, timeout: float, stream: bool = True) -> Result:
         """`up` of the project's services; a failure names the logs command to read."""

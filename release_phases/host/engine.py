@@ -33,6 +33,9 @@ VOLUME_LABEL = "com.docker.compose.volume"
 WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
 #: The engine's own throwaway containers (a volume mounted to archive it).
 HELPER_LABEL = "io.release-phases.helper"
+#: The deploy repository whose run made a throwaway container: the lock is the
+#: repository's, so once a run holds it, every helper labelled so is a dead run's.
+HELPER_REPO_LABEL = "io.release-phases.repo"
 
 
 def answering(query: Callable[P, T]) -> Callable[P, T]:
@@ -122,6 +125,13 @@ class Engine:
         """Throwaway containers a killed run left holding the volume."""
         return self.client.containers.list(
             all=True, filters={"volume": volume, "label": f"{HELPER_LABEL}=1"}
+        )
+
+    @answering
+    def helpers_of(self, repo: str) -> list[Container]:
+        """Throwaway containers made by runs in deploy repository ``repo``."""
+        return self.client.containers.list(
+            all=True, filters={"label": [f"{HELPER_LABEL}=1", f"{HELPER_REPO_LABEL}={repo}"]}
         )
 
     @answering

@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, Protocol, TextIO
 
 from release_phases import masking
 from release_phases.errors import ReleaseError
@@ -72,6 +72,15 @@ class CommandFailed(ReleaseError):
         self.result = result
 
 
+class Children(Protocol):
+    """Told of each command's process group as it starts and once it was reaped: the
+    lock file names them, so that a run taking over from a killed one can end them."""
+
+    def started(self, pid: int) -> None: ...
+
+    def ended(self, pid: int) -> None: ...
+
+
 @dataclass
 class Runner:
     """Runs argv lists; ``stream`` echoes output live (to the real terminal).
@@ -80,12 +89,14 @@ class Runner:
     streamed output is copied to. What is echoed has ``secrets`` masked (the run's
     known ones by default); the command and ``Result.output`` keep the real values,
     since callers parse them; whoever shows or stores them masks them.
+    ``children`` is told of every process group.
     """
 
     echo: bool = False
     history: list[Result] = field(default_factory=list)
     stream_to: TextIO | None = None
     secrets: masking.Secrets = field(default_factory=lambda: masking.KNOWN)
+    children: Children | None = None
 
     def run(
         self,
@@ -130,6 +141,7 @@ class Runner:
                 start_new_session=True,
             )
         # The child holds its own copies of the files; ours are closed above.
+        self._started(proc)
         if stdin is not None:
             _feed(proc, stdin)
         pipe = proc.stderr if sink else proc.stdout
@@ -145,6 +157,7 @@ class Runner:
                 _drain(pipe, output)
                 proc.wait()
             pipe.close()
+            self._ended(proc)
         result = Result(
             argv=argv,
             returncode=proc.returncode if finished else 124,
@@ -182,6 +195,7 @@ class Runner:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
+        self._started(proc)
         try:
             out, err = proc.communicate(stdin, timeout=timeout)
             timed_out = False
@@ -193,6 +207,7 @@ class Runner:
             if proc.returncode is None:  # interrupted (Ctrl-C): leave nothing running
                 _kill_group(proc)
                 proc.wait()
+            self._ended(proc)
         return Read(
             argv=argv,
             returncode=124 if timed_out else proc.returncode,
@@ -201,6 +216,15 @@ class Runner:
             duration=time.monotonic() - start,
             timed_out=timed_out,
         )
+
+    def _started(self, proc: subprocess.Popen[bytes]) -> None:
+        if self.children is not None:
+            self.children.started(proc.pid)
+
+    def _ended(self, proc: subprocess.Popen[bytes]) -> None:
+        # Only once reaped: until then the pid, the group's id, is still this command's.
+        if self.children is not None and proc.returncode is not None:
+            self.children.ended(proc.pid)
 
 
 @dataclass(frozen=True, kw_only=True)

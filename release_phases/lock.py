@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -84,20 +85,25 @@ class Acquired:
     fd: int
     #: What a run that died holding the lock left in the file, for the log.
     took_over: Holder | None = None
+    #: Commands start and end from several threads at once under --parallel: each
+    #: change of the record is made whole before the next.
+    _changing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def started(self, pid: int) -> None:
         """A command started in process group ``pid``: name it in the file."""
         start = leftovers.start_time(pid)
         if start is None:
             return  # gone already, or no /proc: nothing a later run could check it by
-        groups = (*self.holder.groups, (pid, start))
-        self._write(replace(self.holder, groups=groups))
+        with self._changing:
+            groups = (*self.holder.groups, (pid, start))
+            self._write(replace(self.holder, groups=groups))
 
     def ended(self, pid: int) -> None:
         """The command of process group ``pid`` was reaped: no longer ours to end."""
-        groups = tuple(g for g in self.holder.groups if g[0] != pid)
-        if groups != self.holder.groups:
-            self._write(replace(self.holder, groups=groups))
+        with self._changing:
+            groups = tuple(g for g in self.holder.groups if g[0] != pid)
+            if groups != self.holder.groups:
+                self._write(replace(self.holder, groups=groups))
 
     def _write(self, holder: Holder) -> None:
         # No fsync: the record matters after a kill of this process, and what it wrote

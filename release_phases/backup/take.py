@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import posixpath
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker.errors
+import requests
 from docker.models.containers import Container
 from docker.models.volumes import Volume
 
@@ -161,6 +163,9 @@ class Writer:
     failure inside `guard` removes the directory, so half a backup never looks like
     one. Archives are named by their number, the entry's place in the record, so
     entries may be added in another order than the record lists them.
+
+    A full disk is the writer's own error to name: its writes fail with ENOSPC, and
+    `guard` says so with the filesystem, what had been written and what is free.
     """
 
     def __init__(self, deployed: Deployed, directory: Path, stamp: str, *, note: str) -> None:
@@ -177,6 +182,8 @@ class Writer:
         self.note = note
         self.entries: dict[int, Entry] = {}
         self.record: BackupRecord | None = None
+        #: Bytes of archives written into the directory so far, the last one's part too.
+        self.written = 0
 
     def add(self, number: int, source: Source) -> Entry:
         if source.kind == "dump":
@@ -185,7 +192,7 @@ class Writer:
             entry = _dump(self.deployed, source, self.directory, name)
         else:
             name = f"{number:02d}-{source.kind}-{_slug(source.name)}.tar"
-            entry = _archive(self.deployed, source, self.directory, name)
+            entry = _archive(self, source, name)
         self.entries[number] = entry
         return entry
 
@@ -213,20 +220,68 @@ class Writer:
             # Only what this writer created goes: a half backup must not look like one.
             shutil.rmtree(self.directory, ignore_errors=True)
 
+    def save(self, chunks: Iterable[bytes], name: str) -> str:
+        """Write an archive the engine streams into the directory; its sha256.
+
+        The stream is closed however the write ends: an archive stream left open
+        holds its container busy, so removing the helper after a failed write would
+        wait for the SDK's read timeout (a minute) instead of failing at once.
+        """
+
+        def counted() -> Iterator[bytes]:
+            for chunk in chunks:
+                self.written += len(chunk)
+                yield chunk
+
+        try:
+            return atomic.write(self.directory / name, counted())
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
     @contextmanager
     def guard(self) -> Iterator[None]:
-        """Discard the directory on any failure; name it in a Docker API error."""
+        """Discard the directory on any failure; name it in a Docker or full-disk error."""
         try:
             yield
         except BaseException as exc:
             self.discard()
-            if isinstance(exc, docker.errors.APIError):
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._no_space(exc) from None
+            if isinstance(
+                exc, docker.errors.DockerException | requests.exceptions.RequestException
+            ) and not isinstance(exc, docker.errors.NotFound):
                 raise ReleaseError(
-                    f"backup of {self.deployed.service} into {self.directory} failed: {exc}",
+                    f"backup of {self.deployed.service} into {self.directory} failed: the"
+                    f" Docker Engine did not answer or refused: {exc}",
                     untouched=f"the service and its data; nothing was kept in {self.directory}",
-                    next_command=f"fix the cause, then rerun; {self.deployed.compose('ps')}",
+                    next_command="check the engine (`docker info`), then run the same"
+                    f" command again; {self.deployed.compose('ps')}",
                 ) from None
             raise
+
+    def _no_space(self, exc: OSError) -> ReleaseError:
+        """A full disk (or quota), said with what is known: written so far, free now.
+
+        What the whole backup needs is not known (the engine streams an archive
+        without its size), but more than is free once the partial one is gone.
+        """
+        where = self.directory.parent
+        free = shutil.disk_usage(where).free if where.exists() else 0
+        said = "disk quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
+        needs = _size(max(free, self.written))
+        return ReleaseError(
+            f"backup of {self.deployed.service} into {self.directory} failed: {said} on"
+            f" the filesystem of {where}: it filled after {_size(self.written)} had been"
+            f" written; with the partial backup removed {_size(free)} is free there, and"
+            f" the backup needs more than {needs}",
+            untouched=(
+                f"{self.deployed.service} and its data: nothing was stopped or changed;"
+                f" no backup was kept ({self.directory} was removed)"
+            ),
+            next_command=f"free more than {needs} on the filesystem of {where} (`df -h {where}`)",
+        )
 
 
 def write_backup(
@@ -240,15 +295,16 @@ def write_backup(
         return writer.finish()
 
 
-def _archive(deployed: Deployed, source: Source, directory: Path, archive: str) -> Entry:
-    """Archive one source into ``directory / archive``; an absent one gets no file."""
+def _archive(writer: Writer, source: Source, archive: str) -> Entry:
+    """Archive one source into the writer's ``archive``; an absent one gets no file."""
+    deployed = writer.deployed
     if source.kind == "volume":
         if source.volume is None:
             return Entry("volume", source.name, source.target, absent=True)
         image = _require_image(deployed, source.target)
         with helper(deployed, image, source.target, read_only=True) as mounted:
             chunks, _ = mounted.get_archive(VOLUME_MOUNT)
-            sha = atomic.write(directory / archive, chunks)
+            sha = writer.save(chunks, archive)
         config = VolumeConfig.of(source.volume)
         return Entry("volume", source.name, source.target, False, archive, sha, volume=config)
     container = source.container
@@ -268,7 +324,7 @@ def _archive(deployed: Deployed, source: Source, directory: Path, archive: str) 
                 f" it: docker exec {container.name} mkdir -p {source.target}"
             ),
         ) from None
-    sha = atomic.write(directory / archive, chunks)
+    sha = writer.save(chunks, archive)
     return Entry("path", source.name, source.target, False, archive, sha, str(container.name))
 
 
@@ -327,6 +383,18 @@ def _require_image(deployed: Deployed, volume: str) -> str:
             next_command=f"docker pull {deployed.manifest.image.ref}, then rerun",
         )
     return image
+
+
+def _size(count: int) -> str:
+    """Bytes as an operator reads them: `6.0 MiB`."""
+    if count < 1024:
+        return f"{count} B"
+    value = count / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
 
 
 def _slug(name: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from release_phases import backup, health, probing, scripts
+from release_phases import backup, health, hostchecks, probing, scripts
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 from release_phases.host import compose
@@ -213,6 +213,16 @@ def _start_again(ctx: ReleaseContext, project: ComposeProject, step: Step) -> bo
     return result.ok
 
 
+def engine_gone(ctx: ReleaseContext) -> str:
+    """Why the Docker Engine does not answer now, or "" when it does: a failed compose
+    command may have failed for that alone."""
+    try:
+        ctx.host.engine.version()
+    except ReleaseError as exc:
+        return f"{exc.what} (looked for at {hostchecks.docker_host()})"
+    return ""
+
+
 def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.HealthResult:
     manifest = ctx.manifest(service)
     project = ctx.project(manifest)
@@ -227,6 +237,19 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
     except ReleaseError as exc:
         output = exc.result.output if isinstance(exc, CommandFailed) else str(exc)
         step.detail("compose up (failed)", f"$ {render(argv)}\n{output}")
+        gone = engine_gone(ctx)
+        if gone:
+            # Compose's own words ("Cannot connect ...") may be one line among many.
+            raise ReleaseError(
+                f"the Docker Engine stopped answering during `compose up` of {service}:"
+                f" {gone}\n{exc.what}",
+                untouched=f"the services after {service}: not touched; whether {service}'s "
+                f"containers were recreated is unknown until the engine answers again "
+                f"(then: {render(project.argv('ps', '--all'))})",
+                next_command=f"check the engine (`docker info`), then {resume}",
+                rc=exc.rc,
+                step="compose-up",
+            ) from None
         exc.untouched = (
             f"the services after {service}: not touched; {service}'s containers may be "
             "partly recreated (see `compose up` in the report)"
@@ -235,7 +258,15 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
         exc.step = "compose-up"
         raise
     step.detail("compose up", f"$ {render(argv)}\n{result.output}")
-    probed = probing.wait_until_healthy(ctx, manifest, project, step)
+    try:
+        probed = probing.wait_until_healthy(ctx, manifest, project, step)
+    except ReleaseError as exc:  # the engine stopped answering the wait's questions
+        exc.untouched = (
+            f"the services after {service}: not touched; {service} was recreated, its "
+            "health is not known"
+        )
+        exc.step = "health"
+        raise
     if not probed.ok:
         raise ReleaseError(
             f"{service} did not become healthy ({probing.describe(manifest.health)}): "

@@ -9,20 +9,26 @@ command and checks that the release then completes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import socket
 import subprocess
 import tarfile
+import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from release_phases import atomic
 from selftests.support import engine
-from selftests.support.scenario import container, v1_running_v2_merged
+from selftests.support.scenario import container, running_on_prod, v1_running_v2_merged
 
 pytestmark = pytest.mark.docker
 
@@ -34,14 +40,21 @@ def next_command(run: engine.Run) -> str:
     return found[-1]
 
 
-def follow(run: engine.Run, command: str, **kw: object) -> engine.Run:
-    """Run the pytest command an operator was told to run (its options, as printed)."""
-    words = command.split()
-    assert words[:3] == ["pytest", "-m", run.argv[4 - 1]] or words[:2] == ["pytest", "-m"], words
-    mode = words[2]
-    rest = words[3:]
-    assert rest[:2] == ["--ticket", run.ticket], words
-    return engine.run(run.repo, run.ticket, *rest[2:], mode=mode, **kw)  # type: ignore[arg-type]
+#: A pytest command in a next line; the ledger ends one with `;` or three spaces.
+PYTEST_COMMAND = re.compile(r"pytest -m (\S+) --ticket (\S+)((?: [^\s;]+)*?)(?=;|   |$)")
+
+
+def follow(run: engine.Run, line: str, *, which: int = 0, **kw: Any) -> engine.Run:
+    """Run the ``which``-th pytest command of a next line, exactly as it is printed."""
+    commands = PYTEST_COMMAND.findall(line)
+    assert len(commands) > which, line
+    mode, ticket, rest = commands[which]
+    assert ticket == run.ticket, line
+    return engine.run(run.repo, ticket, *rest.split(), mode=mode, **kw)
+
+
+def head(deploy) -> str:
+    return deploy.prod_repo.head.commit.hexsha
 
 
 # -- the workspace's disk fills up during a backup ---------------------------------------
@@ -102,8 +115,230 @@ def test_a_full_disk_during_a_backup_stops_prepare_at_once_and_keeps_nothing_hal
         assert command.startswith(f"free more than {_mib(run)}"), command
         assert f"df -h {backups / 'web'}" in command, command
     # The space is freed (the tmpfs is gone); the command it named goes on.
-    again = follow(run, command.split("; then ")[-1])
+    again = follow(run, command)
     assert again.rc == 0, again
     assert (again.state.phase, again.state.phase_status) == ("verify", "done"), again
     stamp = again.state.backups["web"]
     assert (backups / "web" / stamp / "record.json").is_file()
+
+
+# -- servers the faults are made with ---------------------------------------------------
+
+
+class Silent:
+    """A TCP server that accepts every connection and says nothing, until `answer`."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.1)
+        self.port = self.server.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.answers = threading.Event()
+        self.closed = threading.Event()
+        threading.Thread(target=self._serve, name="silent-endpoint", daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/health"
+
+    def _serve(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self.answers.is_set():
+                with conn, contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+            else:
+                self.held.append(conn)  # accepted, never read, never answered
+
+    def answer(self) -> None:
+        self.answers.set()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.server.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[Silent]:
+    server = Silent()
+    yield server
+    server.close()
+
+
+class SocketProxy:
+    """A unix socket of its own forwarding every connection to the real Docker socket,
+    until `close` takes it away (the socket file too): Docker gone, mid-run."""
+
+    def __init__(self, path: Path, target: str = "/var/run/docker.sock") -> None:
+        self.path = path
+        self.target = target
+        self.closed = threading.Event()
+        self.open: list[socket.socket] = []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(64)
+        self.server.settimeout(0.1)  # so the accept loop sees `closed`
+        threading.Thread(target=self._serve, name="docker-proxy", daemon=True).start()
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.path}"
+
+    def _serve(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.target)
+            self.open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """The engine is gone: no new connection, and every open one cut."""
+        self.closed.set()
+        self.server.close()
+        self.path.unlink(missing_ok=True)
+        for sock in self.open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+# -- the Docker Engine cannot be reached -------------------------------------------------
+
+
+@pytest.mark.reliability("fault", "the Docker Engine is unreachable when the release starts")
+def test_docker_unreachable_before_the_run_changes_nothing(deploy, make_service, docker_client):
+    services = v1_running_v2_merged(deploy, make_service, ("api",))
+    before = (head(deploy), container(docker_client, services["api"]).id)
+    dead = f"unix://{deploy.root / 'nothing.sock'}"
+    run = engine.run(deploy.prod, "1234", env={"DOCKER_HOST": dead})
+    assert run.rc == 1, run
+    failed = run.event("prepare", "failed")
+    assert failed["step"] == "test_preflight", failed
+    assert "the Docker Engine is not reachable" in run.output, run
+    assert dead in run.output, "names where it looked"
+    assert "nothing was pulled, backed up or restarted" in run.output, run
+    assert (head(deploy), container(docker_client, services["api"]).id) == before
+    assert run.state.backups == {} and not run.state.merge_sha
+
+    again = follow(run, next_command(run))  # Docker reachable again
+    assert again.rc == 0, again
+    assert (again.state.phase, again.state.phase_status) == ("verify", "done"), again
+
+
+#: Waits in migrate, before the recreate, until the test has taken Docker away.
+HOLD_HOOK = """\
+touch .asd/in-pre-start
+while [ -e .asd/hold ] && [ ! -e .asd/docker-gone ]; do sleep 0.1; done
+"""
+
+
+@pytest.mark.reliability("fault", "the Docker Engine goes away in the middle of migrate")
+def test_docker_gone_in_the_middle_of_migrate_stops_it_and_from_migrate_goes_on(
+    deploy, make_service, docker_client
+):
+    services = v1_running_v2_merged(
+        deploy, make_service, ("api",), files={"packages/api/pre_start_init.sh": HOLD_HOOK}
+    )
+    (deploy.prod / ".asd").mkdir()
+    (deploy.prod / ".asd" / "hold").write_text("")
+    before = container(docker_client, services["api"]).id
+    proxy = SocketProxy(Path(tempfile.mkdtemp(prefix="rp-proxy-")) / "docker.sock")
+    ran: list[engine.Run] = []
+    release = threading.Thread(
+        target=lambda: ran.append(
+            engine.run(deploy.prod, "1234", env={"DOCKER_HOST": proxy.docker_host})
+        )
+    )
+    release.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (deploy.prod / ".asd" / "in-pre-start").exists():
+            assert release.is_alive() and time.monotonic() < deadline, ran
+            time.sleep(0.1)
+    finally:
+        proxy.close()
+        (deploy.prod / ".asd" / "docker-gone").write_text("")
+        release.join(timeout=300)
+    [run] = ran
+    assert run.rc == 1, run
+    failed = run.event("migrate", "failed")
+    assert (failed["service"], failed["step"]) == ("api", "compose-up"), failed
+    assert "the Docker Engine stopped answering during `compose up` of api" in run.output, run
+    assert proxy.docker_host in run.output, "names where it looked"
+    assert "whether api's containers were recreated is unknown" in run.output, run
+    assert run.state.done("prepare") and "api" in run.state.backups
+    assert container(docker_client, services["api"]).id == before, "api was not recreated"
+
+    (deploy.prod / ".asd" / "hold").unlink()
+    command = next_command(run)
+    assert "--from=migrate" in command and "pytest -m revert --ticket 1234" in command
+    again = follow(run, command)  # Docker is back: the proxy's socket is not used any more
+    assert again.rc == 0, again
+    assert (again.state.phase, again.state.phase_status) == ("verify", "done"), again
+    assert container(docker_client, services["api"]).image.tags == [services["api"].image]
+
+
+@pytest.mark.reliability("fault", "the Docker Engine goes away while migrate waits for health")
+def test_docker_gone_during_the_health_wait_is_said_as_such(
+    deploy, make_service, docker_client, silent
+):
+    api = running_on_prod(deploy, make_service, ("api",))["api"]
+    api.tag = "2"
+    make_service("api", "2")
+    # The first probe reaching this endpoint says migrate is waiting for health.
+    api.health = {"endpoint": silent.endpoint, "expected_code": 200, "timeout": 60}
+    deploy.write_service(api)
+    deploy.merge_feature("feature/1234", "ticket 1234: api to tag 2, health elsewhere")
+    proxy = SocketProxy(Path(tempfile.mkdtemp(prefix="rp-proxy-")) / "docker.sock")
+    ran: list[engine.Run] = []
+    release = threading.Thread(
+        target=lambda: ran.append(
+            engine.run(deploy.prod, "1234", env={"DOCKER_HOST": proxy.docker_host})
+        )
+    )
+    release.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not silent.held:
+            assert release.is_alive() and time.monotonic() < deadline, ran
+            time.sleep(0.05)
+    finally:
+        proxy.close()
+        release.join(timeout=300)
+    [run] = ran
+    assert run.rc == 1, run
+    failed = run.event("migrate", "failed")
+    assert (failed["service"], failed["step"]) == ("api", "health"), failed
+    # Not "the container is gone", and not after the 60 s health timeout.
+    assert "the Docker Engine did not answer" in run.output, run
+    assert "is gone" not in run.output, run
+    assert int(failed["duration"].rstrip("s")) < 30, failed
+    assert "api was recreated, its health is not known" in run.output, run
+
+    silent.answer()
+    again = follow(run, next_command(run))  # the engine answers again, the endpoint too
+    assert again.rc == 0, again
+    assert (again.state.phase, again.state.phase_status) == ("verify", "done"), again

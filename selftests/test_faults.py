@@ -342,3 +342,42 @@ def test_docker_gone_during_the_health_wait_is_said_as_such(
     again = follow(run, next_command(run))  # the engine answers again, the endpoint too
     assert again.rc == 0, again
     assert (again.state.phase, again.state.phase_status) == ("verify", "done"), again
+
+
+# -- origin cannot be reached, or refuses ------------------------------------------------
+
+
+@pytest.mark.reliability("fault", "origin is missing or refuses the fetch")
+@pytest.mark.parametrize("fault", ["missing", "refusing"])
+def test_an_origin_that_cannot_be_fetched_refuses_the_release_before_anything_changes(
+    deploy, make_service, docker_client, fault
+):
+    services = v1_running_v2_merged(deploy, make_service, ("api",))
+    prod = deploy.prod_repo
+    url = prod.git.remote("get-url", "origin")
+    if fault == "missing":
+        gone = f"file://{deploy.root / 'moved-away.git'}"
+        prod.git.remote("set-url", "origin", gone)
+        says = "moved-away.git"
+    else:
+        # The serving side refuses, as a server denying access would.
+        prod.git.config("remote.origin.uploadpack", "echo 'access denied by policy' >&2; false")
+        says = "access denied by policy"
+    before = (head(deploy), container(docker_client, services["api"]).id)
+    run = engine.run(deploy.prod, "1234")
+    assert run.rc == 1, run
+    failed = run.event("prepare", "failed")
+    assert failed["step"] == "test_preflight", failed
+    assert f"origin ({prod.git.remote('get-url', 'origin')}) is not reachable" in run.output, run
+    assert says in run.output, run
+    assert "nothing was pulled, backed up or restarted" in run.output, run
+    assert (head(deploy), container(docker_client, services["api"]).id) == before
+    assert not (deploy.prod / ".asd/workspace/backups").exists()
+
+    if fault == "missing":
+        prod.git.remote("set-url", "origin", url)
+    else:
+        prod.git.config("--unset", "remote.origin.uploadpack")
+    again = follow(run, next_command(run))
+    assert again.rc == 0, again
+    assert (again.state.phase, again.state.phase_status) == ("verify", "done"), again

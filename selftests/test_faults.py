@@ -381,3 +381,44 @@ def test_an_origin_that_cannot_be_fetched_refuses_the_release_before_anything_ch
     again = follow(run, next_command(run))
     assert again.rc == 0, again
     assert (again.state.phase, again.state.phase_status) == ("verify", "done"), again
+
+
+# -- a health endpoint that accepts the connection and never answers ---------------------
+
+
+@pytest.mark.reliability("fault", "a health endpoint that accepts and never answers")
+@pytest.mark.parametrize("then", ["resume", "revert"])
+def test_an_endpoint_that_never_answers_ends_migrate_at_the_health_timeout(
+    deploy, make_service, docker_client, silent, then
+):
+    api = running_on_prod(deploy, make_service, ("api",))["api"]
+    api.tag = "2"
+    make_service("api", "2")
+    api.health = {"endpoint": silent.endpoint, "expected_code": 200, "timeout": 8}
+    deploy.write_service(api)
+    deploy.merge_feature("feature/1234", "ticket 1234: api to tag 2, health elsewhere")
+    started = time.monotonic()
+    run = engine.run(deploy.prod, "1234")
+    assert run.rc == 1, run
+    failed = run.event("migrate", "failed")
+    assert (failed["service"], failed["step"]) == ("api", "health"), failed
+    assert silent.held, "the endpoint accepted the probes' connections"
+    assert silent.endpoint in run.output, run
+    assert "timed out after 8s" in run.output, run
+    probe = r"no response within \d+s \(the probe's timeout\) on an accepted connection"
+    assert re.search(probe, run.output), run
+    # The wait ends at the manifest's timeout, not a probe's or a hang's later.
+    assert int(failed["duration"].rstrip("s")) < 8 + 15, failed
+    assert time.monotonic() - started < 120
+
+    command = next_command(run)
+    if then == "resume":
+        silent.answer()  # the fault is gone: the endpoint answers now
+        again = follow(run, command)
+        assert again.rc == 0, again
+        assert (again.state.phase, again.state.phase_status) == ("verify", "done"), again
+    else:
+        again = follow(run, command, which=1)  # the revert, with the endpoint still silent
+        assert again.rc == 0, again
+        assert (again.state.phase, again.state.phase_status) == ("revert", "done"), again
+        assert container(docker_client, api).image.tags == [f"{api.repository}:1"]

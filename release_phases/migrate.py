@@ -121,7 +121,10 @@ def ready(ctx: ReleaseContext, services: list[str], step: Step) -> list[str]:
     return lines
 
 
-def _run_hooks(ctx: ReleaseContext, manifest: Manifest, names: tuple[str, ...], step: Step) -> None:
+def _run_hooks(
+    ctx: ReleaseContext, manifest: Manifest, names: tuple[str, ...], step: Step, *, untouched: str
+) -> None:
+    """Run the service's hooks of ``names``; a failed one says ``untouched``."""
     for name in names:
         hook = scripts.find_hook(manifest.package_dir, name)
         if hook is None:
@@ -137,6 +140,7 @@ def _run_hooks(ctx: ReleaseContext, manifest: Manifest, names: tuple[str, ...], 
         except scripts.ScriptFailed as exc:
             step.detail(f"{hook.name} (failed)", exc.result.output)
             exc.step = name
+            exc.untouched = untouched
             raise
         step.detail(hook.name, result.output or "(no output)")
 
@@ -229,7 +233,14 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
     resume = ctx.options.command("--from=migrate")
     # Its images were built, pulled or found by the readiness step, which every
     # migrate runs first (the phase is only ever selected whole).
-    _run_hooks(ctx, manifest, PRE_HOOKS, step)
+    _run_hooks(
+        ctx,
+        manifest,
+        PRE_HOOKS,
+        step,
+        untouched=f"{service}: not recreated, its old containers still run; the services "
+        "after it: not touched",
+    )
     backup_stopped(ctx, service, project, step)
     argv = project.up()
     try:
@@ -278,7 +289,14 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
             step="health",
         )
     try:
-        _run_hooks(ctx, manifest, POST_HOOKS, step)
+        _run_hooks(
+            ctx,
+            manifest,
+            POST_HOOKS,
+            step,
+            untouched=f"{service} runs its new containers, healthy; the services after it: "
+            "not touched",
+        )
     except ReleaseError:
         probing.keep_logs(ctx, project, step)
         raise

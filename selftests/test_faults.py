@@ -13,12 +13,14 @@ import contextlib
 import io
 import os
 import re
+import signal
 import socket
 import subprocess
 import tarfile
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -422,3 +424,59 @@ def test_an_endpoint_that_never_answers_ends_migrate_at_the_health_timeout(
         assert again.rc == 0, again
         assert (again.state.phase, again.state.phase_status) == ("revert", "done"), again
         assert container(docker_client, api).image.tags == [f"{api.repository}:1"]
+
+
+# -- a ticket script that hangs ----------------------------------------------------------
+
+
+def hanging_script(marker: str) -> str:
+    """Starts a child named ``marker`` and waits for it, while .asd/hang exists."""
+    return f"""\
+echo started
+if [ -e .asd/hang ]; then
+    bash -c 'exec -a {marker} sleep 300' &
+    wait
+fi
+echo done
+"""
+
+
+def running(marker: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+@pytest.mark.reliability(
+    "fault", "a ticket script that hangs: killed at its timeout with its children"
+)
+def test_a_hanging_ticket_script_is_killed_at_its_timeout_with_its_children(deploy, make_service):
+    marker = f"rp-fault-hang-{uuid.uuid4().hex[:12]}"
+    v1_running_v2_merged(
+        deploy, make_service, ("api",), files={"releases/1234-hang.sh": hanging_script(marker)}
+    )
+    (deploy.prod / ".asd").mkdir()
+    (deploy.prod / ".asd" / "hang").write_text("")
+    try:
+        run = engine.run(deploy.prod, "1234", "-o", "release_script_timeout=3")
+        assert run.rc != 0, run
+        failed = run.event("ticket", "failed")
+        assert failed["step"] == "releases/1234-hang.sh", failed
+        assert (
+            "releases/1234-hang.sh timed out after 3s and was killed, every process of its"
+            " group with it" in run.output
+        ), run
+        assert "Left untouched: the services: migrate is done" in run.output, run
+        assert int(failed["duration"].rstrip("s")) < 3 + 10, failed
+        assert not running(marker), "the script's child was killed with it"
+        assert run.state.done("migrate")
+    finally:
+        for pid in running(marker):  # only if the assertion above failed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+    (deploy.prod / ".asd" / "hang").unlink()
+    command = next_command(run)
+    assert "--from=ticket" in command, command
+    again = follow(run, command)
+    assert again.rc == 0, again
+    assert (again.state.phase, again.state.phase_status) == ("verify", "done"), again

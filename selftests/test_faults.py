@@ -95,11 +95,19 @@ def _mib(run: engine.Run) -> str:
     return found[1]
 
 
+#: A dump of the same data: its stdout goes through `compose exec` into the file.
+DUMP = {"command": ["cat", "/data/data/big.bin"], "restore": ["sh", "-c", "cat > /tmp/restored"]}
+
+
 @pytest.mark.reliability("fault", "the workspace's disk fills up during a backup")
+@pytest.mark.parametrize("kind", ["volume", "dump"])
 def test_a_full_disk_during_a_backup_stops_prepare_at_once_and_keeps_nothing_half_written(
-    deploy, make_service, docker_client
+    deploy, make_service, docker_client, kind
 ):
-    services = v1_running_v2_merged(deploy, make_service, ("web",), volumes=("data",))
+    declared = {"volumes": ["data"]} if kind == "volume" else {"dump": DUMP}
+    services = v1_running_v2_merged(
+        deploy, make_service, ("web",), volumes=("data",), backup=declared
+    )
     fill_volume(docker_client, services["web"], "/data/data", 6)
     backups = deploy.prod / ".asd/workspace/backups"
     with tmpfs(backups, "2m"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import posixpath
 import re
 import shutil
@@ -37,6 +38,9 @@ from release_phases.manifest import Dump, Manifest
 
 #: Seconds a dump may run when the caller gives no limit (release_compose_timeout's default).
 DUMP_TIMEOUT = 600.0
+#: Bytes free under which a filesystem counts as full: less than a dump's next write
+#: would need, whatever else frees a block meanwhile.
+FULL = 1024 * 1024
 
 
 @dataclass
@@ -189,7 +193,7 @@ class Writer:
         if source.kind == "dump":
             # Named for the service it ran in: the command is no name for a file.
             name = f"{number:02d}-dump-{_slug(source.target)}.dump"
-            entry = _dump(self.deployed, source, self.directory, name)
+            entry = _dump(self, source, name)
         else:
             name = f"{number:02d}-{source.kind}-{_slug(source.name)}.tar"
             entry = _archive(self, source, name)
@@ -328,13 +332,16 @@ def _archive(writer: Writer, source: Source, archive: str) -> Entry:
     return Entry("path", source.name, source.target, False, archive, sha, str(container.name))
 
 
-def _dump(deployed: Deployed, source: Source, directory: Path, name: str) -> Entry:
-    """Run the dump with its stdout going straight into ``directory / name``.
+def _dump(writer: Writer, source: Source, name: str) -> Entry:
+    """Run the dump with its stdout going straight into the writer's ``name``.
 
     The dump never passes through this process: a database's dump may be larger
     than its memory. It appears under its name only once it is complete: a dump
-    that fails, times out or writes nothing leaves no file behind.
+    that fails, times out or writes nothing leaves no file behind. A dump that
+    failed while the backup's filesystem is full failed for that (it is Compose
+    that writes the file, and says so only in its own words): the writer names it.
     """
+    deployed, directory = writer.deployed, writer.directory
     dump = source.dump
     assert dump is not None
     container = source.container
@@ -344,6 +351,9 @@ def _dump(deployed: Deployed, source: Source, directory: Path, name: str) -> Ent
     path = directory / name
     with atomic.replacing(path) as tmp:
         result = deployed.host.run(argv, timeout=source.timeout, check=False, stdout_to=tmp)
+        if not result.ok and shutil.disk_usage(directory).free < FULL:
+            writer.written += tmp.stat().st_size
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
         if result.timed_out:
             # Killing `compose exec` ends the client, not the process in the container.
             how = f"timed out after {result.duration:.0f}s (it may still run in {container.name})"
@@ -368,6 +378,7 @@ def _dump(deployed: Deployed, source: Source, directory: Path, name: str) -> Ent
                 ),
                 rc=result.returncode if result.returncode > 0 else 1,
             )
+    writer.written += path.stat().st_size
     sha = sha256_file(path)
     held = str(container.name)
     return Entry("dump", source.name, source.target, False, name, sha, held, dump=dump)

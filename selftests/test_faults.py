@@ -187,13 +187,14 @@ class SocketProxy:
     """A unix socket of its own forwarding every connection to the real Docker socket,
     until `close` takes it away (the socket file too): Docker gone, mid-run."""
 
-    def __init__(self, path: Path, target: str = "/var/run/docker.sock") -> None:
-        self.path = path
+    def __init__(self, target: str = "/var/run/docker.sock") -> None:
+        # A short directory of its own: a unix socket's path must fit in 108 bytes.
+        self.path = Path(tempfile.mkdtemp(prefix="rp-proxy-")) / "docker.sock"
         self.target = target
         self.closed = threading.Event()
         self.open: list[socket.socket] = []
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(str(path))
+        self.server.bind(str(self.path))
         self.server.listen(64)
         self.server.settimeout(0.1)  # so the accept loop sees `closed`
         threading.Thread(target=self._serve, name="docker-proxy", daemon=True).start()
@@ -229,6 +230,7 @@ class SocketProxy:
         self.closed.set()
         self.server.close()
         self.path.unlink(missing_ok=True)
+        self.path.parent.rmdir()
         for sock in self.open:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -275,7 +277,7 @@ def test_docker_gone_in_the_middle_of_migrate_stops_it_and_from_migrate_goes_on(
     (deploy.prod / ".asd").mkdir()
     (deploy.prod / ".asd" / "hold").write_text("")
     before = container(docker_client, services["api"]).id
-    proxy = SocketProxy(Path(tempfile.mkdtemp(prefix="rp-proxy-")) / "docker.sock")
+    proxy = SocketProxy()
     ran: list[engine.Run] = []
     release = threading.Thread(
         target=lambda: ran.append(
@@ -322,7 +324,7 @@ def test_docker_gone_during_the_health_wait_is_said_as_such(
     api.health = {"endpoint": silent.endpoint, "expected_code": 200, "timeout": 60}
     deploy.write_service(api)
     deploy.merge_feature("feature/1234", "ticket 1234: api to tag 2, health elsewhere")
-    proxy = SocketProxy(Path(tempfile.mkdtemp(prefix="rp-proxy-")) / "docker.sock")
+    proxy = SocketProxy()
     ran: list[engine.Run] = []
     release = threading.Thread(
         target=lambda: ran.append(

@@ -151,6 +151,9 @@ def test_a_full_disk_during_a_backup_stops_prepare_at_once_and_keeps_nothing_hal
         assert int(failed["duration"].rstrip("s")) < 30, failed
         assert "no space left on device" in run.output.lower(), run
         assert str(backups / "web") in run.output, run
+        # What reached the 2 MiB filesystem before it filled, counted from the file.
+        written = re.search(r"it filled after ([0-9.]+) MiB had been written", run.output)
+        assert written and 1.0 <= float(written[1]) <= 2.0, run
         assert run.state.backups == {}, "no half-written backup is named"
         assert not any((backups / "web").iterdir()), "the partial directory was removed"
         command = next_command(run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import posixpath
@@ -38,6 +39,8 @@ from release_phases.manifest import Dump, Manifest
 
 #: Seconds a dump may run when the caller gives no limit (release_compose_timeout's default).
 DUMP_TIMEOUT = 600.0
+#: A write's errors that mean the filesystem (or the user's quota) is full.
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 #: Bytes free under which a filesystem counts as full: less than a dump's next write
 #: would need, whatever else frees a block meanwhile.
 FULL = 1024 * 1024
@@ -179,7 +182,6 @@ class Writer:
                 untouched=f"{directory} and the service: nothing was written",
                 next_command="wait a second and rerun (stamps have one-second resolution)",
             )
-        atomic.private_dir(directory)
         self.deployed = deployed
         self.directory = directory
         self.stamp = stamp
@@ -188,6 +190,12 @@ class Writer:
         self.record: BackupRecord | None = None
         #: Bytes of archives written into the directory so far, the last one's part too.
         self.written = 0
+        try:
+            atomic.private_dir(directory)
+        except OSError as exc:  # a full disk can refuse even the directory
+            if exc.errno in FULL_ERRNOS:
+                raise self._no_space(exc) from None
+            raise
 
     def add(self, number: int, source: Source) -> Entry:
         if source.kind == "dump":
@@ -225,20 +233,24 @@ class Writer:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def save(self, chunks: Iterable[bytes], name: str) -> str:
-        """Write an archive the engine streams into the directory; its sha256.
+        """Write an archive the engine streams into the directory, as `atomic.write`
+        does; its sha256. What reached the disk is counted, a failed write's part too.
 
         The stream is closed however the write ends: an archive stream left open
         holds its container busy, so removing the helper after a failed write would
         wait for the SDK's read timeout (a minute) instead of failing at once.
         """
-
-        def counted() -> Iterator[bytes]:
-            for chunk in chunks:
-                self.written += len(chunk)
-                yield chunk
-
+        digest = hashlib.sha256()
         try:
-            return atomic.write(self.directory / name, counted())
+            with atomic.replacing(self.directory / name) as tmp:
+                try:
+                    with tmp.open("wb") as fh:
+                        for chunk in chunks:
+                            digest.update(chunk)
+                            fh.write(chunk)
+                finally:
+                    self.written += tmp.stat().st_size
+            return digest.hexdigest()
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
@@ -251,7 +263,7 @@ class Writer:
             yield
         except BaseException as exc:
             self.discard()
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
                 raise self._no_space(exc) from None
             if isinstance(
                 exc, docker.errors.DockerException | requests.exceptions.RequestException
@@ -272,14 +284,20 @@ class Writer:
         without its size), but more than is free once the partial one is gone.
         """
         where = self.directory.parent
-        free = shutil.disk_usage(where).free if where.exists() else 0
+        # Its nearest directory that exists: a full disk may have refused `where` itself.
+        existing = next(d for d in (where, *where.parents) if d.exists())
+        free = shutil.disk_usage(existing).free
         said = "disk quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
         needs = _size(max(free, self.written))
+        filled = (
+            f"it filled after {_size(self.written)} had been written"
+            if self.written
+            else "it was full before anything was written"
+        )
         return ReleaseError(
             f"backup of {self.deployed.service} into {self.directory} failed: {said} on"
-            f" the filesystem of {where}: it filled after {_size(self.written)} had been"
-            f" written; with the partial backup removed {_size(free)} is free there, and"
-            f" the backup needs more than {needs}",
+            f" the filesystem of {where}: {filled}; with the partial backup removed"
+            f" {_size(free)} is free there, and the backup needs more than {needs}",
             untouched=(
                 f"{self.deployed.service} and its data: nothing was stopped or changed;"
                 f" no backup was kept ({self.directory} was removed)"

@@ -155,6 +155,8 @@ def test_a_full_disk_during_a_backup_stops_prepare_at_once_and_keeps_nothing_hal
         written = re.search(r"it filled after ([0-9.]+) MiB had been written", run.output)
         assert written and 1.0 <= float(written[1]) <= 2.0, run
         assert run.state.backups == {}, "no half-written backup is named"
+        pulled = (run.state.base_sha, run.state.merge_sha)
+        assert all(pulled), run.state
         assert not any((backups / "web").iterdir()), "the partial directory was removed"
         command = next_command(run)
         assert command.startswith(f"free more than {needs(run)}"), command
@@ -163,6 +165,8 @@ def test_a_full_disk_during_a_backup_stops_prepare_at_once_and_keeps_nothing_hal
     again = follow(run, command)
     assert again.rc == 0, again
     assert (again.state.phase, again.state.phase_status) == ("verify", "done"), again
+    # The same release went on: its prepare again from the same BASE_SHA, to the same merge.
+    assert (again.state.base_sha, again.state.merge_sha) == pulled
     stamp = again.state.backups["web"]
     assert (backups / "web" / stamp / "record.json").is_file()
 
@@ -451,7 +455,7 @@ def test_an_endpoint_that_never_answers_ends_migrate_at_the_health_timeout(
         assert container(docker_client, api).image.tags == [f"{api.repository}:1"]
 
 
-# -- a ticket script that hangs ----------------------------------------------------------
+# -- a ticket script or a hook that hangs ------------------------------------------------
 
 
 def hanging_script(marker: str) -> str:
@@ -471,37 +475,58 @@ def running(marker: str) -> list[str]:
     return found.stdout.split()
 
 
-@pytest.mark.reliability(
-    "fault", "a ticket script that hangs: killed at its timeout with its children"
-)
-def test_a_hanging_ticket_script_is_killed_at_its_timeout_with_its_children(deploy, make_service):
+#: Where each kind of script lives, the phase it fails, and what it says it left standing.
+HANGS = {
+    "ticket script": (
+        "releases/1234-hang.sh",
+        "ticket",
+        "releases/1234-hang.sh",
+        "the services: migrate is done",
+    ),
+    "pre_start_init hook": (
+        "packages/api/pre_start_init.sh",
+        "migrate",
+        "pre_start_init",
+        "api: not recreated, its old containers still run",
+    ),
+}
+
+
+@pytest.mark.reliability("fault", "a script that hangs: killed at its timeout with its children")
+@pytest.mark.parametrize("kind", list(HANGS))
+def test_a_hanging_script_is_killed_at_its_timeout_with_its_children(
+    deploy, make_service, docker_client, kind
+):
+    path, phase, step, standing = HANGS[kind]
     marker = f"rp-fault-hang-{uuid.uuid4().hex[:12]}"
-    v1_running_v2_merged(
-        deploy, make_service, ("api",), files={"releases/1234-hang.sh": hanging_script(marker)}
+    services = v1_running_v2_merged(
+        deploy, make_service, ("api",), files={path: hanging_script(marker)}
     )
+    before = container(docker_client, services["api"]).id
     (deploy.prod / ".asd").mkdir()
     (deploy.prod / ".asd" / "hang").write_text("")
     try:
         run = engine.run(deploy.prod, "1234", "-o", "release_script_timeout=3")
         assert run.rc != 0, run
-        failed = run.event("ticket", "failed")
-        assert failed["step"] == "releases/1234-hang.sh", failed
+        failed = run.event(phase, "failed")
+        assert failed["step"] == step, failed
         assert (
-            "releases/1234-hang.sh timed out after 3s and was killed, every process of its"
-            " group with it" in run.output
+            f"{path} timed out after 3s and was killed, every process of its group with it"
+            in run.output
         ), run
-        assert "Left untouched: the services: migrate is done" in run.output, run
+        assert f"Left untouched: {standing}" in run.output, run
         assert int(failed["duration"].rstrip("s")) < 3 + 10, failed
         assert not running(marker), "the script's child was killed with it"
-        assert run.state.done("migrate")
     finally:
         for pid in running(marker):  # only if the assertion above failed
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
+    if phase == "migrate":
+        assert container(docker_client, services["api"]).id == before, "api was not recreated"
 
     (deploy.prod / ".asd" / "hang").unlink()
     command = next_command(run)
-    assert "--from=ticket" in command, command
+    assert f"--from={phase}" in command, command
     again = follow(run, command)
     assert again.rc == 0, again
     assert (again.state.phase, again.state.phase_status) == ("verify", "done"), again

@@ -299,8 +299,8 @@ class Writer:
             f" the filesystem of {where}: {filled}; with the partial backup removed"
             f" {_size(free)} is free there, and the backup needs more than {needs}",
             untouched=(
-                f"{self.deployed.service} and its data: nothing was stopped or changed;"
-                f" no backup was kept ({self.directory} was removed)"
+                f"{self.deployed.service} and its data: the backup only read them; no"
+                f" backup was kept ({self.directory} was removed)"
             ),
             next_command=f"free more than {needs} on the filesystem of {where} (`df -h {where}`)",
         )

@@ -93,6 +93,9 @@ def _describe(exc: Exception, timeout: float) -> str:
 
     if isinstance(exc, httpx.ConnectTimeout):
         return f"no connection within {timeout:.2g}s"
+    if isinstance(exc, httpx.ReadTimeout):
+        # Connected: the endpoint took the request and never answered it.
+        return f"no response within {timeout:.2g}s (the probe's timeout) on an accepted connection"
     if isinstance(exc, httpx.TimeoutException):
         return f"no response within {timeout:.2g}s"
     text = str(exc) or type(exc).__name__

@@ -6,6 +6,8 @@ command to run again (the run's own, from `Options.command`).
 
 from __future__ import annotations
 
+import os
+
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 
@@ -18,10 +20,18 @@ def docker_version(ctx: ReleaseContext, untouched: str) -> str:
         return ctx.host.engine.version()
     except Exception as exc:  # the SDK raises several kinds for one meaning: unreachable
         raise ReleaseError(
-            f"the Docker Engine is not reachable: {exc}",
+            f"the Docker Engine is not reachable at {docker_host()}: {exc}",
             untouched=untouched,
-            next_command=f"start Docker (systemctl start docker), then {ctx.options.command()}",
+            next_command="start Docker (systemctl start docker), or point DOCKER_HOST at it"
+            f" (`docker info` says when it answers), then {ctx.options.command()}",
         ) from None
+
+
+def docker_host() -> str:
+    """Where the SDK and the Compose CLI look for the engine, as they both decide it:
+    DOCKER_HOST, else the default socket (a docker context other than the default is
+    the CLI's alone, and not read here)."""
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock (the default)"
 
 
 def refuse_dirty(ctx: ReleaseContext, dirty: list[str], untouched: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from release_phases import backup, health, probing, scripts
+from release_phases import backup, health, hostchecks, probing, scripts
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 from release_phases.host import compose
@@ -130,7 +130,10 @@ def ready(ctx: ReleaseContext, services: list[str], step: Step) -> list[str]:
     return lines
 
 
-def _run_hooks(ctx: ReleaseContext, manifest: Manifest, names: tuple[str, ...], step: Step) -> None:
+def _run_hooks(
+    ctx: ReleaseContext, manifest: Manifest, names: tuple[str, ...], step: Step, *, untouched: str
+) -> None:
+    """Run the service's hooks of ``names``; a failed one says ``untouched``."""
     for name in names:
         hook = scripts.find_hook(manifest.package_dir, name)
         if hook is None:
@@ -146,6 +149,7 @@ def _run_hooks(ctx: ReleaseContext, manifest: Manifest, names: tuple[str, ...], 
         except scripts.ScriptFailed as exc:
             step.detail(f"{hook.name} (failed)", exc.result.output)
             exc.step = name
+            exc.untouched = untouched
             raise
         step.detail(hook.name, result.output or "(no output)")
 
@@ -222,13 +226,30 @@ def _start_again(ctx: ReleaseContext, project: ComposeProject, step: Step) -> bo
     return result.ok
 
 
+def engine_gone(ctx: ReleaseContext) -> str:
+    """Why the Docker Engine does not answer now, or "" when it does: a failed compose
+    command may have failed for that alone."""
+    try:
+        ctx.host.engine.version()
+    except ReleaseError as exc:
+        return f"{exc.what} (looked for at {hostchecks.docker_host()})"
+    return ""
+
+
 def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.HealthResult:
     manifest = ctx.manifest(service)
     project = ctx.project(manifest)
     resume = ctx.options.command("--from=migrate")
     # Its images were built, pulled or found by the readiness step, which every
     # migrate runs first (the phase is only ever selected whole).
-    _run_hooks(ctx, manifest, PRE_HOOKS, step)
+    _run_hooks(
+        ctx,
+        manifest,
+        PRE_HOOKS,
+        step,
+        untouched=f"{service}: not recreated, its old containers still run; the services "
+        "after it: not touched",
+    )
     backup_stopped(ctx, service, project, step)
     argv = project.up()
     try:
@@ -236,6 +257,19 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
     except ReleaseError as exc:
         output = exc.result.output if isinstance(exc, CommandFailed) else str(exc)
         step.detail("compose up (failed)", f"$ {render(argv)}\n{output}")
+        gone = engine_gone(ctx)
+        if gone:
+            # Compose's own words ("Cannot connect ...") may be one line among many.
+            raise ReleaseError(
+                f"the Docker Engine stopped answering during `compose up` of {service}:"
+                f" {gone}\n{exc.what}",
+                untouched=f"the services after {service}: not touched; whether {service}'s "
+                f"containers were recreated is unknown until the engine answers again "
+                f"(then: {render(project.argv('ps', '--all'))})",
+                next_command=f"check the engine (`docker info`), then {resume}",
+                rc=exc.rc,
+                step="compose-up",
+            ) from None
         exc.untouched = (
             f"the services after {service}: not touched; {service}'s containers may be "
             "partly recreated (see `compose up` in the report)"
@@ -244,7 +278,15 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
         exc.step = "compose-up"
         raise
     step.detail("compose up", f"$ {render(argv)}\n{result.output}")
-    probed = probing.wait_until_healthy(ctx, manifest, project, step)
+    try:
+        probed = probing.wait_until_healthy(ctx, manifest, project, step)
+    except ReleaseError as exc:  # the engine stopped answering the wait's questions
+        exc.untouched = (
+            f"the services after {service}: not touched; {service} was recreated, its "
+            "health is not known"
+        )
+        exc.step = "health"
+        raise
     if not probed.ok:
         raise ReleaseError(
             f"{service} did not become healthy ({probing.describe(manifest.health)}): "
@@ -256,7 +298,14 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
             step="health",
         )
     try:
-        _run_hooks(ctx, manifest, POST_HOOKS, step)
+        _run_hooks(
+            ctx,
+            manifest,
+            POST_HOOKS,
+            step,
+            untouched=f"{service} runs its new containers, healthy; the services after it: "
+            "not touched",
+        )
     except ReleaseError:
         probing.keep_logs(ctx, project, step)
         raise

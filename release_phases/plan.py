@@ -171,10 +171,12 @@ def plan_fresh(options: Options, git: Git, paths: Paths, found: State | None) ->
     try:
         git.fetch()
     except ReleaseError as exc:
+        url = git.remote_url() or "no URL set"
         problem = ReleaseError(
-            f"origin is not reachable from {paths.repo}: {exc.what}",
+            f"origin ({url}) is not reachable from {paths.repo}: {exc.what}",
             untouched="everything: nothing was pulled, backed up or restarted",
-            next_command="check the network and `git remote -v`, then rerun " + options.command(),
+            next_command=f"check the network and `git -C {paths.repo} remote -v`, then rerun "
+            + options.command(),
         )
         return Plan(start_phase="prepare", base_sha=base, head_sha=head, problem=problem)
     incoming = git.resolve(f"origin/{options.branch}")

@@ -84,11 +84,15 @@ def watch(ctx: ReleaseContext, project: ComposeProject) -> health.Watch:
     restarts = {str(c.id): int(c.attrs.get("RestartCount") or 0) for c in containers}
 
     def why() -> str:
+        import docker.errors
+
         for container_id, before in restarts.items():
             try:
                 now = engine.state(container_id)
-            except Exception:  # removed meanwhile: gone is the same answer as exited
+            except docker.errors.NotFound:  # removed meanwhile: the same answer as exited
                 return f"container {container_id[:12]} of {project.name} is gone"
+            # Any other error is the engine not answering (a ReleaseError naming it): it
+            # ends the wait as itself, not as a container that went away.
             if now.status in STOPPED:
                 return f"container {now.name} exited with code {now.exit_code}"
             if now.status == "restarting" or now.restarts > before:

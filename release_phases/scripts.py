@@ -226,7 +226,7 @@ class ScriptFailed(ReleaseError):
         self.timed_out = result.timed_out
         self.tail = result.tail()
         how = (
-            f"timed out after {timeout:g}s and was killed"
+            f"timed out after {timeout:g}s and was killed, every process of its group with it"
             if result.timed_out
             else f"exited {result.returncode}"
         )

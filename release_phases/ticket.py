@@ -29,6 +29,10 @@ def run_ticket_scripts(ctx: ReleaseContext, step: Step) -> list[str]:
         except scripts.ScriptFailed as exc:
             step.detail(f"{script.name} (failed)", exc.result.output)
             exc.step = script.name
+            later = [s.name for s in found[found.index(script) + 1 :]]
+            exc.untouched = "the services: migrate is done, they run the new version" + (
+                f"; not run: {' '.join(later)}" if later else ""
+            )
             raise
         step.detail(script.name, result.output or "(no output)")
     return [s.name for s in found]

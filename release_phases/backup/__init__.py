@@ -80,6 +80,10 @@ Limitations, stated plainly:
 - A dump is as consistent as its command makes it (``pg_dump`` takes a snapshot;
   ``tar`` of a live directory does not). A dump that times out has its ``compose exec``
   killed; the command in the container may run on until it ends by itself.
+- How much space a backup needs is not known before it is written (the engine
+  streams an archive without its size): a full disk is found by the write that
+  fails, and reported with what had been written and what is free; the partial
+  directory is removed.
 - Stamps have one-second resolution: a second ``take`` of a service within the same
   second fails rather than overwrite; a set-aside waits for the next second.
 """

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
 import posixpath
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker.errors
+import requests
 from docker.models.containers import Container
 from docker.models.volumes import Volume
 
@@ -35,6 +39,11 @@ from release_phases.manifest import Dump, Manifest
 
 #: Seconds a dump may run when the caller gives no limit (release_compose_timeout's default).
 DUMP_TIMEOUT = 600.0
+#: A write's errors that mean the filesystem (or the user's quota) is full.
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+#: Bytes free under which a filesystem counts as full: less than a dump's next write
+#: would need, whatever else frees a block meanwhile.
+FULL = 1024 * 1024
 
 
 @dataclass
@@ -161,6 +170,9 @@ class Writer:
     failure inside `guard` removes the directory, so half a backup never looks like
     one. Archives are named by their number, the entry's place in the record, so
     entries may be added in another order than the record lists them.
+
+    A full disk is the writer's own error to name: its writes fail with ENOSPC, and
+    `guard` says so with the filesystem, what had been written and what is free.
     """
 
     def __init__(self, deployed: Deployed, directory: Path, stamp: str, *, note: str) -> None:
@@ -170,22 +182,29 @@ class Writer:
                 untouched=f"{directory} and the service: nothing was written",
                 next_command="wait a second and rerun (stamps have one-second resolution)",
             )
-        atomic.private_dir(directory)
         self.deployed = deployed
         self.directory = directory
         self.stamp = stamp
         self.note = note
         self.entries: dict[int, Entry] = {}
         self.record: BackupRecord | None = None
+        #: Bytes of archives written into the directory so far, the last one's part too.
+        self.written = 0
+        try:
+            atomic.private_dir(directory)
+        except OSError as exc:  # a full disk can refuse even the directory
+            if exc.errno in FULL_ERRNOS:
+                raise self._no_space(exc) from None
+            raise
 
     def add(self, number: int, source: Source) -> Entry:
         if source.kind == "dump":
             # Named for the service it ran in: the command is no name for a file.
             name = f"{number:02d}-dump-{_slug(source.target)}.dump"
-            entry = _dump(self.deployed, source, self.directory, name)
+            entry = _dump(self, source, name)
         else:
             name = f"{number:02d}-{source.kind}-{_slug(source.name)}.tar"
-            entry = _archive(self.deployed, source, self.directory, name)
+            entry = _archive(self, source, name)
         self.entries[number] = entry
         return entry
 
@@ -213,20 +232,78 @@ class Writer:
             # Only what this writer created goes: a half backup must not look like one.
             shutil.rmtree(self.directory, ignore_errors=True)
 
+    def save(self, chunks: Iterable[bytes], name: str) -> str:
+        """Write an archive the engine streams into the directory, as `atomic.write`
+        does; its sha256. What reached the disk is counted, a failed write's part too.
+
+        The stream is closed however the write ends: an archive stream left open
+        holds its container busy, so removing the helper after a failed write would
+        wait for the SDK's read timeout (a minute) instead of failing at once.
+        """
+        digest = hashlib.sha256()
+        try:
+            with atomic.replacing(self.directory / name) as tmp:
+                try:
+                    with tmp.open("wb") as fh:
+                        for chunk in chunks:
+                            digest.update(chunk)
+                            fh.write(chunk)
+                finally:
+                    self.written += tmp.stat().st_size
+            return digest.hexdigest()
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
     @contextmanager
     def guard(self) -> Iterator[None]:
-        """Discard the directory on any failure; name it in a Docker API error."""
+        """Discard the directory on any failure; name it in a Docker or full-disk error."""
         try:
             yield
         except BaseException as exc:
             self.discard()
-            if isinstance(exc, docker.errors.APIError):
+            if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+                raise self._no_space(exc) from None
+            if isinstance(
+                exc, docker.errors.DockerException | requests.exceptions.RequestException
+            ) and not isinstance(exc, docker.errors.NotFound):
                 raise ReleaseError(
-                    f"backup of {self.deployed.service} into {self.directory} failed: {exc}",
+                    f"backup of {self.deployed.service} into {self.directory} failed: the"
+                    f" Docker Engine did not answer or refused: {exc}",
                     untouched=f"the service and its data; nothing was kept in {self.directory}",
-                    next_command=f"fix the cause, then rerun; {self.deployed.compose('ps')}",
+                    next_command="check the engine (`docker info`), then run the same"
+                    f" command again; {self.deployed.compose('ps')}",
                 ) from None
             raise
+
+    def _no_space(self, exc: OSError) -> ReleaseError:
+        """A full disk (or quota), said with what is known: written so far, free now.
+
+        What the whole backup needs is not known (the engine streams an archive
+        without its size), but more than is free once the partial one is gone.
+        """
+        where = self.directory.parent
+        # Its nearest directory that exists: a full disk may have refused `where` itself.
+        existing = next(d for d in (where, *where.parents) if d.exists())
+        free = shutil.disk_usage(existing).free
+        said = "disk quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
+        needs = _size(max(free, self.written))
+        filled = (
+            f"it filled after {_size(self.written)} had been written"
+            if self.written
+            else "it was full before anything was written"
+        )
+        return ReleaseError(
+            f"backup of {self.deployed.service} into {self.directory} failed: {said} on"
+            f" the filesystem of {where}: {filled}; with the partial backup removed"
+            f" {_size(free)} is free there, and the backup needs more than {needs}",
+            untouched=(
+                f"{self.deployed.service} and its data: the backup only read them; no"
+                f" backup was kept ({self.directory} was removed)"
+            ),
+            next_command=f"free more than {needs} on the filesystem of {where} (`df -h {where}`)",
+        )
 
 
 def write_backup(
@@ -240,15 +317,16 @@ def write_backup(
         return writer.finish()
 
 
-def _archive(deployed: Deployed, source: Source, directory: Path, archive: str) -> Entry:
-    """Archive one source into ``directory / archive``; an absent one gets no file."""
+def _archive(writer: Writer, source: Source, archive: str) -> Entry:
+    """Archive one source into the writer's ``archive``; an absent one gets no file."""
+    deployed = writer.deployed
     if source.kind == "volume":
         if source.volume is None:
             return Entry("volume", source.name, source.target, absent=True)
         image = _require_image(deployed, source.target)
         with helper(deployed, image, source.target, read_only=True) as mounted:
             chunks, _ = mounted.get_archive(VOLUME_MOUNT)
-            sha = atomic.write(directory / archive, chunks)
+            sha = writer.save(chunks, archive)
         config = VolumeConfig.of(source.volume)
         return Entry("volume", source.name, source.target, False, archive, sha, volume=config)
     container = source.container
@@ -268,17 +346,20 @@ def _archive(deployed: Deployed, source: Source, directory: Path, archive: str) 
                 f" it: docker exec {container.name} mkdir -p {source.target}"
             ),
         ) from None
-    sha = atomic.write(directory / archive, chunks)
+    sha = writer.save(chunks, archive)
     return Entry("path", source.name, source.target, False, archive, sha, str(container.name))
 
 
-def _dump(deployed: Deployed, source: Source, directory: Path, name: str) -> Entry:
-    """Run the dump with its stdout going straight into ``directory / name``.
+def _dump(writer: Writer, source: Source, name: str) -> Entry:
+    """Run the dump with its stdout going straight into the writer's ``name``.
 
     The dump never passes through this process: a database's dump may be larger
     than its memory. It appears under its name only once it is complete: a dump
-    that fails, times out or writes nothing leaves no file behind.
+    that fails, times out or writes nothing leaves no file behind. A dump that
+    failed while the backup's filesystem is full failed for that (it is Compose
+    that writes the file, and says so only in its own words): the writer names it.
     """
+    deployed, directory = writer.deployed, writer.directory
     dump = source.dump
     assert dump is not None
     container = source.container
@@ -288,6 +369,9 @@ def _dump(deployed: Deployed, source: Source, directory: Path, name: str) -> Ent
     path = directory / name
     with atomic.replacing(path) as tmp:
         result = deployed.host.run(argv, timeout=source.timeout, check=False, stdout_to=tmp)
+        if not result.ok and shutil.disk_usage(directory).free < FULL:
+            writer.written += tmp.stat().st_size
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
         if result.timed_out:
             # Killing `compose exec` ends the client, not the process in the container.
             how = f"timed out after {result.duration:.0f}s (it may still run in {container.name})"
@@ -312,6 +396,7 @@ def _dump(deployed: Deployed, source: Source, directory: Path, name: str) -> Ent
                 ),
                 rc=result.returncode if result.returncode > 0 else 1,
             )
+    writer.written += path.stat().st_size
     sha = sha256_file(path)
     held = str(container.name)
     return Entry("dump", source.name, source.target, False, name, sha, held, dump=dump)
@@ -327,6 +412,18 @@ def _require_image(deployed: Deployed, volume: str) -> str:
             next_command=f"docker pull {deployed.manifest.image.ref}, then rerun",
         )
     return image
+
+
+def _size(count: int) -> str:
+    """Bytes as an operator reads them: `6.0 MiB`."""
+    if count < 1024:
+        return f"{count} B"
+    value = count / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
 
 
 def _slug(name: str) -> str:

@@ -222,6 +222,10 @@ class Git:
     def is_merge(self, sha: str) -> bool:
         return len(self._out("rev-list", "--parents", "-n", "1", sha).split()) > 2
 
+    def remote_url(self, remote: str = "origin") -> str | None:
+        """Where `remote` points (None: no such remote)."""
+        return self._maybe("remote", "get-url", remote)
+
     def tree(self, ref: str, path: str = "") -> str:
         """The tree id of `path` at `ref` (empty when it does not exist there)."""
         return self._maybe("rev-parse", f"{ref}:{path}") or ""

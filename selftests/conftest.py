@@ -7,6 +7,7 @@ removes by that exact label or by exact compose project name, nothing broader.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -48,9 +49,17 @@ def _cleanup(client: docker.DockerClient) -> None:
     label = f"{LABEL}={RUN_ID}"
     for c in client.containers.list(all=True, filters={"label": label}):
         c.remove(force=True, v=True)
-    for c in client.containers.list(all=True, filters={"label": "com.docker.compose.project"}):
-        if c.labels.get("com.docker.compose.project", "").startswith(f"rp{RUN_ID}-"):
-            c.remove(force=True, v=True)
+    # sparse: no inspect of each listed container, which fails when another test run
+    # removes one of its own between the list and the inspect.
+    listed = client.containers.list(
+        all=True, sparse=True, filters={"label": "com.docker.compose.project"}
+    )
+    for c in listed:
+        if (c.attrs.get("Labels") or {}).get("com.docker.compose.project", "").startswith(
+            f"rp{RUN_ID}-"
+        ):
+            with contextlib.suppress(docker.errors.NotFound):
+                c.remove(force=True, v=True)
     for v in client.volumes.list(filters={"label": label}):
         v.remove(force=True)
     for n in client.networks.list(filters={"label": "com.docker.compose.project"}):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -114,6 +115,7 @@ class Journal:
         #: A finished release of this ticket whose per-release keys go at the next pull.
         self.replaces_release = False
         self._phase_t0 = 0.0
+        self._writing = threading.RLock()
 
     @property
     def is_open(self) -> bool:
@@ -234,9 +236,20 @@ class Journal:
             fields = {"step": step.name.split("[")[0], "service": step.service, **step.log_fields}
             self.log(step.phase, "step", **fields)
 
+    def note_backup(self, service: str, stamp: str) -> None:
+        """A backup finished in the middle of a step (migrate's, taken with the service
+        stopped): named in BACKUPS at once. Named only at the step's end, a crash in
+        between would lose it, and the resumed step would back up the new version's
+        data in its place."""
+        with self._writing:
+            self.state.backups[service] = stamp
+            self.save()
+
     # -- writing --------------------------------------------------------------------------
     def save(self) -> None:
-        statefile.write(self.paths.state, self.state)
+        # From a --parallel thread too (note_backup): one whole file at a time.
+        with self._writing:
+            statefile.write(self.paths.state, self.state)
 
     def log(self, phase: str, event: str, **fields: object) -> None:
         line = eventlog.format_line(self.paths.ticket, phase, event, None, **fields)

@@ -88,6 +88,8 @@ class Acquired:
     #: Commands start and end from several threads at once under --parallel: each
     #: change of the record is made whole before the next.
     _changing: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: Let go (`release`): the file descriptor is closed, a late command is not noted.
+    released: bool = False
 
     def started(self, pid: int) -> None:
         """A command started in process group ``pid``: name it in the file."""
@@ -95,12 +97,16 @@ class Acquired:
         if start is None:
             return  # gone already, or no /proc: nothing a later run could check it by
         with self._changing:
+            if self.released:
+                return
             groups = (*self.holder.groups, (pid, start))
             self._write(replace(self.holder, groups=groups))
 
     def ended(self, pid: int) -> None:
         """The command of process group ``pid`` was reaped: no longer ours to end."""
         with self._changing:
+            if self.released:
+                return
             groups = tuple(g for g in self.holder.groups if g[0] != pid)
             if groups != self.holder.groups:
                 self._write(replace(self.holder, groups=groups))
@@ -149,6 +155,8 @@ def acquire(path: Path, ticket: str) -> Acquired:
 
 def release(held: Acquired) -> None:
     """Say nobody holds it, then let go (closing the file drops the flock)."""
-    os.ftruncate(held.fd, 0)
-    os.fsync(held.fd)
-    os.close(held.fd)
+    with held._changing:
+        held.released = True
+        os.ftruncate(held.fd, 0)
+        os.fsync(held.fd)
+        os.close(held.fd)

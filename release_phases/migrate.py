@@ -209,6 +209,7 @@ def backup_stopped(
         raise
     # The backup's own time: what `when: stopped` adds to the downtime of a recreate.
     seconds = time.monotonic() - began
+    ctx.journal.note_backup(service, record.stamp)
     step.backups[service] = record.stamp
     step.log_fields.update(stamp=record.stamp, backup_seconds=f"{seconds:.1f}")
     step.detail(

@@ -37,6 +37,7 @@ import pytest
 
 from release_phases import PHASES, atomic, masking, selection
 from release_phases.errors import ConfigError, ReleaseError
+from release_phases.host.shell import INTERRUPTED
 from release_phases.ledger import CHECK, ORDINARY, WAVE, Failure, Ledger, dependencies
 from release_phases.options import Options, validate_branch, validate_sha, validate_ticket
 from release_phases.steps import STEP, Step
@@ -55,6 +56,7 @@ MODES = ("release", "revert", "return_to_main")
 PHASE_DIRS = {mode: f"phases/{mode}" for mode in MODES}
 CONTEXT = pytest.StashKey["ReleaseContext"]()
 E2E_SERVICE = pytest.StashKey[str]()
+WAVE_RUNNING = pytest.StashKey["Wave"]()
 #: What pytest-dependency's skip reason says: "<step> depends on <step>".
 DEPENDS_ON = " depends on "
 #: The most services `--parallel` migrates at once: each is a compose command and a
@@ -286,7 +288,7 @@ def step(request: pytest.FixtureRequest) -> Step:
 
 
 @pytest.fixture(scope="session")
-def wave(release: ReleaseContext) -> Iterator[Wave | None]:
+def wave(request: pytest.FixtureRequest, release: ReleaseContext) -> Iterator[Wave | None]:
     """The services migrated (or, in a revert, restored) side by side, with --parallel
     above 1; else None. Made when a step first asks: after the pull, or the git revert."""
     if release.options.parallel <= 1:
@@ -312,6 +314,8 @@ def wave(release: ReleaseContext) -> Iterator[Wave | None]:
         work=lambda service, step: work(release, service, step),
         new_step=lambda service: Step(phase=phase, name=name, service=service),
     )
+    # Record closes it too, before it lets go of the lock (a stopped run ends here late).
+    request.config.stash[WAVE_RUNNING] = side_by_side
     yield side_by_side
     side_by_side.close()
 
@@ -662,6 +666,7 @@ class Record:
             rc=128 + signum,
             step=name,
         )
+        INTERRUPTED.set()  # commands and waits under way in --parallel threads end too
         raise KeyboardInterrupt(name)
 
     @pytest.hookimpl(tryfirst=True)
@@ -712,6 +717,11 @@ class Record:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         for signum, handler in self.handlers.items():
             signal.signal(signum, handler)
+        wave = self.config.stash.get(WAVE_RUNNING, None)
+        if wave is not None:
+            # Services still under way (--parallel) change what the lock guards: it is
+            # held, and the state written, only once they are done (at once when stopped).
+            wave.close()
         if self.journal.is_open:
             clean = exitstatus == 0
             self.journal.record(self.ledger.end(clean=clean, stopped_by=self.stopped_by))

@@ -15,7 +15,7 @@ from release_phases import health
 from release_phases.context import ReleaseContext
 from release_phases.health import Check, HealthResult
 from release_phases.host.compose import LOG_TAIL, ComposeProject
-from release_phases.host.shell import Result, render
+from release_phases.host.shell import INTERRUPTED, Result, render
 from release_phases.manifest import Health, Manifest
 from release_phases.steps import Step
 
@@ -86,6 +86,8 @@ def watch(ctx: ReleaseContext, project: ComposeProject) -> health.Watch:
     def why() -> str:
         import docker.errors
 
+        if INTERRUPTED.is_set():  # a wait in a --parallel thread: the run is stopping
+            return "the run was stopped"
         for container_id, before in restarts.items():
             try:
                 now = engine.state(container_id)

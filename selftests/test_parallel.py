@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+
 import pytest
 
 from selftests.support import engine
@@ -127,3 +132,52 @@ def test_a_parallel_revert_restores_every_service_in_reverse_after_order(
         assert found.attrs["Config"]["Image"] == f"{svc.repository}:1", name
         started[name] = found.attrs["State"]["StartedAt"]
     assert started["a"] > max(started["b"], started["c"]), started
+
+
+@pytest.mark.reliability("signal", "SIGTERM while --parallel services are under way")
+def test_a_signal_ends_the_services_under_way_before_the_lock_is_let_go(
+    deploy, make_service, tmp_path
+):
+    """Two hooks hang side by side; SIGTERM ends both at once (not at their timeout),
+    and only then are the state written and the lock let go; --from=migrate goes on."""
+    marker = f"sleep 3{tmp_path.name[-2:]}7"  # unique to this test: found with pgrep
+    hang = f'[ -e "{tmp_path}/hang" ] && {marker}\ntrue\n'
+    (tmp_path / "hang").write_text("")
+    v1_running_v2_merged(
+        deploy,
+        make_service,
+        ("a", "b"),
+        files={f"packages/{n}/pre_start_init.sh": hang for n in ("a", "b")},
+    )
+    argv = [*engine.argv_of("1234"), "--parallel", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    proc = subprocess.Popen(
+        argv, cwd=deploy.prod, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(_pids(marker)) < 2:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the two hooks never ran side by side"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    run = engine.Run(argv, proc.returncode, output, deploy.prod, "1234")
+    assert run.rc != 0, run
+    failed = run.event("migrate", "failed")
+    assert (failed["step"], failed["rc"]) == ("SIGTERM", str(128 + signal.SIGTERM)), failed
+    assert not _pids(marker), "a hook under way in a thread was left running"
+    assert (run.state.phase, run.state.phase_status) == ("migrate", "failed"), run
+    assert (deploy.prod / ".asd/workspace/releases/.lock").read_text() == "", "lock let go"
+
+    (tmp_path / "hang").unlink()
+    resumed = engine.run(deploy.prod, "1234", "--from=migrate", "--parallel", "2")
+    assert resumed.rc == 0, resumed
+
+
+def _pids(pattern: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return found.stdout.split()

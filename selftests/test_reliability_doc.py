@@ -76,13 +76,13 @@ def test_a_failed_case_shows_failed_and_full_only_cases_wait_for_full(pytester):
         )
     )
     pytester.syspathinsert(REPO_ROOT)
-    quick = pytester.runpytest("--reliability-doc", "quick.md")
+    quick = pytester.runpytest("--reliability-doc=quick.md")
     quick.assert_outcomes(passed=2, failed=1, deselected=1)
     doc = (pytester.path / "quick.md").read_text()
     assert "(quick mode)" in doc
     assert "| Kill points | 2 | 1 | 1 | 0 |" in doc
     assert "| a kill point [late] | **FAILED** |" in doc
     assert "a long kill point" not in doc
-    full = pytester.runpytest("--full", "--reliability-doc", "full.md")
+    full = pytester.runpytest("--full", "--reliability-doc=full.md")
     full.assert_outcomes(passed=3, failed=1)
     assert "| a long kill point | recovered |" in (pytester.path / "full.md").read_text()

@@ -248,6 +248,11 @@ _GRACE = 0.5
 _POLL = 0.1
 
 
+#: Set when the run is stopped (a signal): the main thread's command is interrupted by
+#: the signal itself; commands under way in other threads (`--parallel`) see this and
+#: are killed the same way, so nothing goes on changing services after the run ends.
+INTERRUPTED = threading.Event()
+
 #: Held while echoing, so lines from commands run side by side do not interleave.
 _ECHO = threading.Lock()
 
@@ -312,6 +317,8 @@ def _collect(
     fd = pipe.fileno()
     quiet_since = time.monotonic()
     while True:
+        if INTERRUPTED.is_set() and threading.current_thread() is not threading.main_thread():
+            raise KeyboardInterrupt("the run was stopped")  # the caller kills the group
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             return proc.poll() is not None

@@ -53,6 +53,11 @@ class Run:
 TEST_INI = ["-o", "release_stop_timeout=1", "-o", "release_pull=false", "-p", "no:hypothesispytest"]
 
 
+def argv_of(ticket: str, *args: str, mode: str = "release") -> list[str]:
+    """The engine's command line as the selftests run it."""
+    return [sys.executable, "-m", "pytest", "-m", mode, "--ticket", ticket, *TEST_INI, *args]
+
+
 def run(
     repo: Path,
     ticket: str,
@@ -61,17 +66,7 @@ def run(
     timeout: float = 600,
     env: dict[str, str] | None = None,
 ) -> Run:
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-m",
-        mode,
-        "--ticket",
-        ticket,
-        *TEST_INI,
-        *args,
-    ]
+    argv = argv_of(ticket, *args, mode=mode)
     full_env = {**os.environ, **(env or {})}
     full_env.pop("PYTEST_ADDOPTS", None)
     proc = subprocess.run(

@@ -24,7 +24,9 @@ KINDS = {
     "bad input": ("Bad input", "refused"),
 }
 
-REGENERATE = "python3 -m pytest -m reliability --full --reliability-doc docs/reliability.md"
+#: With `=`: pytest reads a bare path before the conftest that defines this option as
+#: where to look for tests, and would never load that conftest.
+REGENERATE = "python3 -m pytest -m reliability --full --reliability-doc=docs/reliability.md"
 
 
 @dataclass(frozen=True)

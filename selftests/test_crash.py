@@ -251,6 +251,16 @@ POINTS = [
         quick=True,
     ),
     KillPoint(
+        # The backup taken with the service stopped is complete: it must be named
+        # already, or the revert has nothing to bring the old data back from.
+        "health-wait-after-a-stopped-backup",
+        "migrate",
+        lambda w: w.began("migrate", "test_migrate") and w.new_container_runs(),
+        when_stopped=True,
+        slow_start=True,
+        recover="revert",
+    ),
+    KillPoint(
         "ticket-script",
         "ticket",
         lambda w: (w.repo / ".asd/ticket-started").exists() and w.running("bash"),

@@ -42,3 +42,13 @@ def test_a_missing_object_is_an_answer():
     assert _engine(docker.errors.ImageNotFound("no such image")).image_id("a:1") is None
     with pytest.raises(docker.errors.NotFound):
         _engine(docker.errors.NotFound("gone")).state("abc")
+
+
+def test_what_counts_as_the_engine_failing():
+    from release_phases.host.engine import engine_failed
+
+    assert engine_failed(docker.errors.APIError("500 Server Error"))
+    assert engine_failed(requests.exceptions.ReadTimeout("read timed out"))
+    assert engine_failed(docker.errors.DockerException("no socket"))
+    assert not engine_failed(docker.errors.NotFound("no such container"))  # an answer
+    assert not engine_failed(ValueError("a bug of ours is not the engine's"))

@@ -36,7 +36,7 @@ from release_phases.backup.take import DUMP_TIMEOUT, Source, Writer, dump_source
 from release_phases.errors import ReleaseError
 from release_phases.host import Host
 from release_phases.host.compose import ComposeProject
-from release_phases.host.engine import ONEOFF_LABEL, PROJECT_LABEL
+from release_phases.host.engine import ONEOFF_LABEL, PROJECT_LABEL, engine_failed
 from release_phases.host.shell import render
 from release_phases.manifest import Dump, Manifest
 
@@ -279,10 +279,13 @@ class Restore:
 
     @contextmanager
     def _failing(self, what: str) -> Iterator[None]:
-        """A Docker API error while restoring, as an operator's error."""
+        """The Docker Engine failing (refusing, or not answering) while restoring, as an
+        operator's error that says where what stood there was kept."""
         try:
             yield
-        except docker.errors.APIError as exc:
+        except Exception as exc:
+            if not engine_failed(exc):
+                raise
             raise ReleaseError(
                 f"restore of {self.deployed.service} {what} from {self.record.stamp} failed: {exc}",
                 untouched=self.undo,

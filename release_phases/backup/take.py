@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker.errors
-import requests
 from docker.models.containers import Container
 from docker.models.volumes import Volume
 
@@ -33,7 +32,7 @@ from release_phases.backup.record import (
 from release_phases.errors import ReleaseError
 from release_phases.host import Host
 from release_phases.host.compose import ComposeProject
-from release_phases.host.engine import project_volume, volume_create_argv
+from release_phases.host.engine import engine_failed, project_volume, volume_create_argv
 from release_phases.host.shell import render
 from release_phases.manifest import Dump, Manifest
 
@@ -265,9 +264,7 @@ class Writer:
             self.discard()
             if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
                 raise self._no_space(exc) from None
-            if isinstance(
-                exc, docker.errors.DockerException | requests.exceptions.RequestException
-            ) and not isinstance(exc, docker.errors.NotFound):
+            if engine_failed(exc):
                 raise ReleaseError(
                     f"backup of {self.deployed.service} into {self.directory} failed: the"
                     f" Docker Engine did not answer or refused: {exc}",

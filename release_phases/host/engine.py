@@ -38,6 +38,18 @@ HELPER_LABEL = "io.release-phases.helper"
 HELPER_REPO_LABEL = "io.release-phases.repo"
 
 
+def engine_failed(exc: BaseException) -> bool:
+    """Is `exc` the Docker Engine failing to answer or refusing (the SDK's errors and
+    its HTTP client's)? A missing object (NotFound) is an answer, not a failure. The
+    one test of it: each caller words the failure for what it was doing."""
+    import docker.errors
+    import requests
+
+    return isinstance(
+        exc, docker.errors.DockerException | requests.exceptions.RequestException
+    ) and not isinstance(exc, docker.errors.NotFound)
+
+
 def answering(query: Callable[P, T]) -> Callable[P, T]:
     """The SDK's errors as an operator's: "the engine did not answer", not a traceback.
 
@@ -46,14 +58,11 @@ def answering(query: Callable[P, T]) -> Callable[P, T]:
 
     @functools.wraps(query)
     def asked(*args: P.args, **kwargs: P.kwargs) -> T:
-        import docker.errors
-        import requests
-
         try:
             return query(*args, **kwargs)
-        except docker.errors.NotFound:
-            raise
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except Exception as exc:
+            if not engine_failed(exc):
+                raise
             raise ReleaseError(
                 f"the Docker Engine did not answer ({query.__name__}): {exc}",
                 untouched="what this step had not reached yet",

@@ -180,6 +180,9 @@ class KillPoint:
     slow_dump: bool = False
     slow_restore: bool = False
     slow_start: bool = False
+    #: Every health round takes a second (a `command` kind that sleeps), in both
+    #: versions: a kill as the last, quick checks begin lands before the run ends.
+    slow_health: bool = False
     hang_ticket: bool = False
     #: release_stop_timeout for the killed run: the old container takes this long to stop.
     stop_timeout: int = 1
@@ -312,7 +315,7 @@ POINTS = [
         began("ticket", "test_ticket_scripts"),
         recover="revert",
     ),
-    KillPoint("began-health", "verify", began("verify", "test_health")),
+    KillPoint("began-health", "verify", began("verify", "test_health"), slow_health=True),
     KillPoint(
         "began-revert-preflight",
         "revert",
@@ -339,6 +342,7 @@ POINTS = [
         began("revert", "test_reverted_health"),
         mode="revert",
         recover="revert",
+        slow_health=True,
     ),
 ]
 
@@ -385,6 +389,16 @@ def _prepare(deploy: DeployRepo, make_service, point: KillPoint) -> tuple[Servic
     (svc,) = running_on_prod(
         deploy, make_service, ("api",), volumes=(KEY,), backup=backup, compose=point.compose
     ).values()
+    if point.slow_health:
+        svc.health = {
+            "endpoint": svc.endpoint,
+            "command": ["/bin/busybox", "sleep", "1"],
+            "timeout": svc.timeout,
+        }
+        deploy.write_service(svc)
+        deploy.commit("api: a health round takes a second")
+        deploy.push()
+        subprocess.run(["git", "-C", str(deploy.prod), "pull", "-q"], check=True)
     _sh(svc, f"echo precious > {DATA}/record.txt; mkdir -p {DATA}/sub; echo x > {DATA}/sub/y")
     if point.big_volume:
         _sh(svc, f"/bin/busybox dd if=/dev/zero of={DATA}/big bs=1M count=300 2>/dev/null")
@@ -507,6 +521,10 @@ def test_a_kill_9_loses_nothing_and_the_next_command_recovers(
         if point.recover == "revert":
             assert (run.state.phase, run.state.phase_status) == ("revert", "done"), run
             assert _snapshot(svc) == before, "the data is back byte for byte"
+        if point.mode == "revert" and watch.set_aside_done():
+            # The killed run set aside what stood there before the revert: the rerun
+            # keeps that one to undo with, and does not set aside what it half restored.
+            assert len(list(watch.backups.glob("*/replaced-*"))) == 1, run
         else:
             assert (run.state.phase, run.state.phase_status) == ("verify", "done"), run
         log = watch.log.read_text()

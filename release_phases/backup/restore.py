@@ -88,7 +88,11 @@ class Restore:
         #: Seconds the set-aside dump, and the dump's restore, may each run.
         self.timeout = timeout
         self._aside: Writer | None = None
-        self.replaced: BackupRecord | None = None
+        #: What stood there before this revert, set aside by an earlier run of it (one
+        #: that failed after the set-aside): kept as the one to undo with. Set aside
+        #: again, the data a failed restore left would take its place.
+        self.earlier = self._earlier_set_aside()
+        self.replaced: BackupRecord | None = self.earlier
         self._image: str | None = None  # see _require_image
         self._actions: list[str] = []
 
@@ -173,6 +177,16 @@ class Restore:
             )
         return holders
 
+    def _earlier_set_aside(self) -> BackupRecord | None:
+        found = sorted(self.record.directory.glob("replaced-*/record.json"))
+        for path in found:
+            stamp = f"{self.record.stamp}/{path.parent.name}"
+            try:
+                return BackupRecord.load(path.parent, self.deployed.service, stamp)
+            except ReleaseError:
+                continue  # not a whole record: not one to undo with
+        return None
+
     def _writer(self) -> Writer:
         if self._aside is None:
             while True:
@@ -195,6 +209,11 @@ class Restore:
         A service that does not run has nothing to dump: its set-aside dump is
         recorded absent, and the line says that no copy of it was kept.
         """
+        if self.earlier is not None:
+            return [
+                f"what stood there before this revert is kept in {self.earlier.directory}"
+                " (set aside by an earlier run of it): not set aside again"
+            ]
         lines = []
         for number, entry in self.dumps:
             writer = self._writer()
@@ -220,14 +239,22 @@ class Restore:
         deployed, record = self.deployed, self.record
         image = self._require_image() if self._of_kind("volume") else ""
         first = deployed.first_container()
-        writer = self._writer()
-        with writer.guard():
-            holders = self._stopped_holders()
-            for number, entry in enumerate(record.entries, start=1):
-                if entry.kind != "dump":
-                    writer.add(number, _aside_source(deployed, entry, first))
-            self.replaced = writer.finish()
         lines = []
+        if self.earlier is not None:
+            with self._failing("volumes"):
+                holders = self._stopped_holders()
+            lines.append(
+                f"what stood there before this revert is kept in {self.earlier.directory}"
+                " (set aside by an earlier run of it): not set aside again"
+            )
+        else:
+            writer = self._writer()
+            with writer.guard():
+                holders = self._stopped_holders()
+                for number, entry in enumerate(record.entries, start=1):
+                    if entry.kind != "dump":
+                        writer.add(number, _aside_source(deployed, entry, first))
+                self.replaced = writer.finish()
         with self._failing("volumes"):
             for container in holders:
                 # Not -v: anonymous volumes stay on the host (README: what a restore needs).

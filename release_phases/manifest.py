@@ -330,7 +330,8 @@ def parse(
             return (package_dir / name).is_file()
 
     try:
-        data = load_yaml(text, unique_keys=True)
+        # What already ran was read by an engine that let a repeated key through.
+        data = load_yaml(text, unique_keys=not deployed)
     except yaml.YAMLError as exc:
         raise _refused(f"{source}: not valid YAML: {exc}", source) from None
     ignored: tuple[str, ...] = ()

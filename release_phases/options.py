@@ -110,7 +110,7 @@ class Options:
             parts += ["--repo", str(self.repo)]
         if self.branch != "main" and mode == "release":
             parts += ["--branch", self.branch, "--force-allow-non-main"]
-        if self.parallel > 1 and mode == "release":
+        if self.parallel > 1 and mode in ("release", "revert"):
             parts += ["--parallel", str(self.parallel)]
         if mode == "revert" == self.mode:
             # A rerun must leave alone what the operator chose to leave alone.

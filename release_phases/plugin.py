@@ -297,7 +297,7 @@ def wave(request: pytest.FixtureRequest, release: ReleaseContext) -> Iterator[Wa
     from release_phases import migrate, revert
     from release_phases.wave import Wave
 
-    services = release.state.services
+    services = list(release.plan.services)  # the order the steps run in (a revert's: reversed)
     if release.options.mode == "revert":
         # Backwards: a service is restored once those that came after it are.
         declared = {s: release.released_after(s) for s in services}

@@ -302,3 +302,10 @@ def test_a_deployed_manifest_is_refused_for_any_other_mistake(tmp_path):
         _load(tmp_path, text)
     with pytest.raises(ConfigError, match=r"image\.tag"):
         manifest.load(tmp_path, "web", deployed=True)
+
+
+def test_a_deployed_manifest_with_a_repeated_key_is_read_as_an_older_engine_read_it(tmp_path):
+    text = GOOD + "backup: {volumes: [a]}\nbackup: {volumes: [b]}\n"
+    with pytest.raises(ConfigError, match=r"backup"):
+        _load(tmp_path, text)
+    assert manifest.load(tmp_path, "web", deployed=True).backup.volumes == ("b",)

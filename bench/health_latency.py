@@ -40,7 +40,7 @@ def measure(waits: int) -> dict[str, float]:
             result = poll([check], timeout=10)
             done = time.monotonic()
             check.close()
-            assert result.ok, result.summary()
+            assert result.ok, result.summary
             latencies.append(done - _Flipping.ready_at)
     finally:
         server.shutdown()

@@ -159,7 +159,7 @@ def test_a_full_disk_during_a_backup_stops_prepare_at_once_and_keeps_nothing_hal
         assert all(pulled), run.state
         assert not any((backups / "web").iterdir()), "the partial directory was removed"
         command = next_command(run)
-        assert command.startswith(f"free more than {needs(run)}"), command
+        assert command.startswith(f"make more than {needs(run)} free"), command
         assert f"df -h {backups / 'web'}" in command, command
     # The space is freed (the tmpfs is gone); the command it named goes on.
     again = follow(run, command)

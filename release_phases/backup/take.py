@@ -299,7 +299,9 @@ class Writer:
                 f"{self.deployed.service} and its data: the backup only read them; no"
                 f" backup was kept ({self.directory} was removed)"
             ),
-            next_command=f"free more than {needs} on the filesystem of {where} (`df -h {where}`)",
+            # The backup filled what was free: as much again is the least that could do.
+            next_command=f"make more than {needs} free on the filesystem of {where}, where"
+            f" {_size(free)} is free now (`df -h {where}`)",
         )
 
 

@@ -575,6 +575,26 @@ def test_a_dump_entry_is_read_back_and_verify_checks_its_file(tmp_path: Path) ->
         verify(tmp_path, "db", "20240101_000000")
 
 
+@pytest.mark.reliability("bad input", "a backup's SHA256SUMS that is not text")
+def test_a_checksum_file_that_is_not_text_is_refused_naming_it(tmp_path: Path) -> None:
+    data = b"-- a dump\n"
+    entry = {
+        "kind": "dump",
+        "name": "pg_dump",
+        "target": "db",
+        "absent": False,
+        "archive": "01-dump-db.dump",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "container": "proj-db-1",
+        "dump": DUMP,
+    }
+    directory = tmp_path / "db" / "20240101_000000"
+    _record_with(directory, entry, {"01-dump-db.dump": data})
+    (directory / "SHA256SUMS").write_bytes(b"\xff\xfe not text\n")
+    with pytest.raises(ReleaseError, match=r"cannot read SHA256SUMS: byte 0 is not text"):
+        verify(tmp_path, "db", "20240101_000000")
+
+
 @pytest.mark.parametrize(
     ("change", "problem"),
     [

@@ -341,7 +341,14 @@ def verify(root: Path, service: str, stamp: str) -> BackupRecord:
                 untouched=NOTHING_RESTORED,
                 next_command=f"pick another backup: ls {directory.parent}",
             )
-        actual = sha256_file(path)
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            raise ReleaseError(
+                f"backup {directory}: cannot read archive {entry.archive}: {exc.strerror}",
+                untouched=NOTHING_RESTORED,
+                next_command=f"check its permissions and disk (ls -l {path}), then rerun",
+            ) from None
         if actual != entry.sha256:
             raise ReleaseError(
                 f"backup {directory}: archive {entry.archive} is corrupted"
@@ -362,10 +369,11 @@ def verify(root: Path, service: str, stamp: str) -> BackupRecord:
 def _read_sums(directory: Path) -> dict[str, str]:
     path = directory / SUMS_NAME
     try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
+        lines = path.read_bytes().decode().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else f"byte {exc.start} is not text"
         raise ReleaseError(
-            f"backup {directory}: cannot read {SUMS_NAME}: {exc.strerror}",
+            f"backup {directory}: cannot read {SUMS_NAME}: {why}",
             untouched=NOTHING_RESTORED,
             next_command=f"pick another backup: ls {directory.parent}",
         ) from None

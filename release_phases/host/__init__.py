@@ -84,7 +84,7 @@ class Host:
         may hold a volume a restore must remove); their names."""
         found = self.engine.helpers_of(str(self.repo))
         for container in found:
-            container.remove(force=True)
+            self.engine.remove(container)
         return [str(c.name) for c in found]
 
     # -- compose, run -------------------------------------------------------------------

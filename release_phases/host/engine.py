@@ -8,6 +8,7 @@ is a method of `Engine`. The SDK client is made on first use, so building an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,6 +143,14 @@ class Engine:
         return self.client.containers.list(
             all=True, filters={"label": [f"{HELPER_LABEL}=1", f"{HELPER_REPO_LABEL}={repo}"]}
         )
+
+    @answering
+    def remove(self, container: Container) -> None:
+        """Remove a container we made (running or not); one already gone is no error."""
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
 
     @answering
     def state(self, container: str) -> ContainerState:

@@ -236,6 +236,16 @@ class Journal:
             fields = {"step": step.name.split("[")[0], "service": step.service, **step.log_fields}
             self.log(step.phase, "step", **fields)
 
+    def note(self, key: str, value: str) -> None:
+        """A fact the state file must hold before the step ends (PULL_FROM, just before
+        the pull: a run killed during it must not leave HEAD moved and nothing saying
+        from where)."""
+        if key not in statefile.RECORDED_KEYS:
+            raise ValueError(f"{key}: not a key steps record (state.RECORDED_KEYS)")
+        with self._writing:
+            self.state.extra[key] = value
+            self.save()
+
     def note_backup(self, service: str, stamp: str) -> None:
         """A backup finished in the middle of a step (migrate's, taken with the service
         stopped): named in BACKUPS at once. Named only at the step's end, a crash in

@@ -138,15 +138,21 @@ def refuse_released_again(
         )
 
 
-def interrupted_after_pull(found: State | None, head: str, git: Git) -> bool:
-    """An earlier run of this ticket pulled (HEAD is its MERGE_SHA) and stopped before
-    prepare was done (killed, Ctrl-C, a failed backup). Planned plainly again, it would
-    find nothing to pull: it goes on from that run's BASE_SHA instead."""
+def interrupted_after_pull(found: State | None, head: str, git: Git) -> str | None:
+    """An earlier run of this ticket pulled and stopped before prepare was done (killed,
+    Ctrl-C, a failed backup). Planned plainly again, it would find nothing to pull: it
+    goes on from where that run pulled from, which this returns (else None): its
+    BASE_SHA when its pull step finished (HEAD is its MERGE_SHA), or PULL_FROM, saved
+    just before the pull, when it was killed during it."""
     if found is None or found.phase != "prepare" or found.done("prepare"):
-        return False
-    if not found.base_sha or found.merge_sha != head or found.base_sha == head:
-        return False
-    return git.is_ancestor(found.base_sha, head)
+        return None
+    if found.base_sha and found.merge_sha == head:
+        base = found.base_sha
+    else:
+        base = found.extra.get("PULL_FROM", "")
+    if not base or base == head or not git.is_ancestor(base, head):
+        return None
+    return base
 
 
 def plan_fresh(options: Options, git: Git, paths: Paths, found: State | None) -> Plan:
@@ -164,10 +170,10 @@ def plan_fresh(options: Options, git: Git, paths: Paths, found: State | None) ->
     else:
         base = git.head()
     head = base if not options.base_sha else git.head()
-    resumes = not options.base_sha and interrupted_after_pull(found, head, git)
-    if resumes:
-        assert found is not None
-        base = found.base_sha
+    pulled_from = None if options.base_sha else interrupted_after_pull(found, head, git)
+    resumes = pulled_from is not None
+    if pulled_from is not None:
+        base = pulled_from
     try:
         git.fetch()
     except ReleaseError as exc:

@@ -96,6 +96,10 @@ def pull(ctx: ReleaseContext) -> Pulled:
             + opts.command(),
             rc=exc.rc,
         ) from None
+    # Saved first: killed during the pull, the run leaves HEAD moved; the next run
+    # finds what the release is from and goes on (plan.interrupted_after_pull). The
+    # base, not HEAD: on a resumed or --base-sha run HEAD is already past it.
+    ctx.journal.note("PULL_FROM", base)
     result = ctx.git.pull(opts.branch)
     if not result.ok:
         raise ReleaseError(

@@ -49,8 +49,8 @@ WRITTEN_KEYS = (
 )
 #: Facts a step records (`step.record(KEY=...)`) beyond State's own fields, kept in
 #: `State.extra`. A new one is added here, or the reader refuses the file it is in.
-RECORDED_KEYS = ("REVERT_SHA", "HOTFIX_BRANCH", "HOTFIX_SHA", "DRIFT")
-_SHA_KEYS = ("BASE_SHA", "MERGE_SHA", "REVERT_SHA", "HOTFIX_SHA")
+RECORDED_KEYS = ("PULL_FROM", "REVERT_SHA", "HOTFIX_BRANCH", "HOTFIX_SHA", "DRIFT")
+_SHA_KEYS = ("BASE_SHA", "MERGE_SHA", "PULL_FROM", "REVERT_SHA", "HOTFIX_SHA")
 #: Every key a state file may hold; any other is a typo or a foreign file.
 KNOWN_KEYS = frozenset(
     {

@@ -180,6 +180,8 @@ class KillPoint:
     slow_dump: bool = False
     slow_restore: bool = False
     slow_start: bool = False
+    #: prod's post-merge hook sleeps: `git pull` has moved HEAD and not yet returned.
+    slow_pull: bool = False
     #: Every health round takes a second (a `command` kind that sleeps), in both
     #: versions: a kill as the last, quick checks begin lands before the run ends.
     slow_health: bool = False
@@ -262,6 +264,15 @@ POINTS = [
         when_stopped=True,
         slow_start=True,
         recover="revert",
+    ),
+    KillPoint(
+        # HEAD has moved and the pull step has not recorded it: the state file must say
+        # where the release is from (PULL_FROM), or a rerun finds nothing to release.
+        "git-pull",
+        "prepare",
+        lambda w: w.began("prepare", "test_pull") and (w.repo / ".asd/pulled").exists(),
+        slow_pull=True,
+        quick=True,
     ),
     KillPoint(
         "ticket-script",
@@ -399,6 +410,11 @@ def _prepare(deploy: DeployRepo, make_service, point: KillPoint) -> tuple[Servic
         deploy.commit("api: a health round takes a second")
         deploy.push()
         subprocess.run(["git", "-C", str(deploy.prod), "pull", "-q"], check=True)
+    if point.slow_pull:
+        hook = deploy.prod / ".git/hooks/post-merge"
+        hook.write_text(f"#!/bin/sh\ntouch {deploy.prod}/.asd/pulled\nsleep 20\n")
+        hook.chmod(0o755)
+        (deploy.prod / ".asd").mkdir(exist_ok=True)
     _sh(svc, f"echo precious > {DATA}/record.txt; mkdir -p {DATA}/sub; echo x > {DATA}/sub/y")
     if point.big_volume:
         _sh(svc, f"/bin/busybox dd if=/dev/zero of={DATA}/big bs=1M count=300 2>/dev/null")
@@ -521,12 +537,12 @@ def test_a_kill_9_loses_nothing_and_the_next_command_recovers(
         if point.recover == "revert":
             assert (run.state.phase, run.state.phase_status) == ("revert", "done"), run
             assert _snapshot(svc) == before, "the data is back byte for byte"
+        else:
+            assert (run.state.phase, run.state.phase_status) == ("verify", "done"), run
         if point.mode == "revert" and watch.set_aside_done():
             # The killed run set aside what stood there before the revert: the rerun
             # keeps that one to undo with, and does not set aside what it half restored.
             assert len(list(watch.backups.glob("*/replaced-*"))) == 1, run
-        else:
-            assert (run.state.phase, run.state.phase_status) == ("verify", "done"), run
         log = watch.log.read_text()
         assert "action=took-over-stale" in log, log
         assert holder.left_running(leftovers.scan()) == [], "the takeover ended what was left"

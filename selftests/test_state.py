@@ -171,7 +171,7 @@ def test_a_state_file_cut_anywhere_is_refused_or_reads_as_what_it_kept(tmp_path)
 def test_every_key_the_steps_record_is_one_the_reader_takes(tmp_path):
     st = _full()
     for key in state.RECORDED_KEYS:
-        st.extra[key] = "b" * 40 if key.endswith("_SHA") else "main"
+        st.extra[key] = "b" * 40 if key.endswith("_SHA") or key == "PULL_FROM" else "main"
     state.write(tmp_path / "1234.env", st)
     assert state.load(tmp_path / "1234.env", "1234").extra == st.extra
 

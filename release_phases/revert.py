@@ -8,7 +8,7 @@ no commit yet is dropped and applied again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from release_phases import backup, hostchecks, probing
@@ -191,7 +191,9 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     restoring = None
     if not ctx.options.skip_data and manifest is not None:
         restoring = _checked_backup(ctx, service, manifest)
-        _check_restore(ctx, service, restoring, step)
+        _while_running(
+            ctx, service, step, "restore preflight (before anything stops)", restoring.preflight
+        )
     if manifest is None:
         # Added by the release: its compose file went with the revert.
         # Compose labels its containers with the directory of the compose file.
@@ -207,7 +209,13 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     project = ctx.project(manifest)
     step.detail("images", "\n".join(bring_back_images(ctx, manifest, project)))
     if restoring is not None:
-        _set_aside_dump(ctx, service, restoring, step)
+        _while_running(
+            ctx,
+            service,
+            step,
+            "set aside before stopping (so the revert can be undone)",
+            restoring.set_aside_dump,
+        )
     try:
         _stop(ctx, service, project, step)
         shown = _restore_volumes(ctx, service, restoring, step) if restoring is not None else []
@@ -287,26 +295,16 @@ def _worded(step: str, *, untouched: str = "", before: str = "", then: str = "")
         raise
 
 
-def _set_aside_dump(
-    ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step
+def _while_running(
+    ctx: ReleaseContext, service: str, step: Step, title: str, work: Callable[[], list[str]]
 ) -> None:
-    """While the service still runs, dump what its restore is about to replace."""
+    """A part of the restore done while the service still runs (its preflight, the
+    set-aside of its dump); a failure says nothing was stopped or restored."""
     untouched = f"{service}: still running, nothing was stopped or restored"
     with _worded("restore", untouched=untouched, then=ctx.options.command()):
-        lines = restoring.set_aside_dump()
+        lines = work()
     if lines:
-        step.detail("set aside before stopping (so the revert can be undone)", "\n".join(lines))
-
-
-def _check_restore(
-    ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step
-) -> None:
-    """What the restore needs, checked while the service still runs."""
-    untouched = f"{service}: still running, nothing was stopped or restored"
-    with _worded("restore", untouched=untouched, then=ctx.options.command()):
-        lines = restoring.preflight()
-    if lines:
-        step.detail("restore preflight (before anything stops)", "\n".join(lines))
+        step.detail(title, "\n".join(lines))
 
 
 def _stop(ctx: ReleaseContext, service: str, project: ComposeProject, step: Step) -> None:

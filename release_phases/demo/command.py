@@ -15,6 +15,7 @@ and the revert restored everything), 1 when it did not, 2 when it could not run
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import shutil
@@ -28,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from release_phases import eventlog
 from release_phases.demo import images, prerequisites, teardown
 from release_phases.demo.layout import (
     DEFAULT_NAME,
@@ -193,6 +195,9 @@ def check_failed_then_revert(layout: Layout, operator: Operator, rc: int, db: Se
     state = read_state(layout)
     if rc == 0 or state is None or (state.phase, state.phase_status) != ("migrate", "failed"):
         return not_as_designed(layout, f"the release exited {rc}, not failing in migrate", state)
+    failed_on = failed_service(layout)
+    if failed_on != "web":
+        return not_as_designed(layout, f"migrate failed on {failed_on or 'no service'}", state)
     say("the release failed in migrate, as designed: web 2-broken never answered healthy")
     say(f"  db holds now (migrated by db 2 when it started): {db.records_line()}")
     show_files(layout, "release")
@@ -229,6 +234,16 @@ def show_files(layout: Layout, mode: str) -> None:
     say(f"  report:     {reports[-1] if reports else '(none written)'}")
 
 
+def failed_service(layout: Layout) -> str:
+    """The service of the log's last `event=failed` line, if any."""
+    try:
+        lines = layout.log_file.read_text().splitlines()
+    except OSError:
+        return ""
+    failed = [e for e in map(eventlog.parse_line, lines) if e.get("event") == "failed"]
+    return failed[-1].get("service", "") if failed else ""
+
+
 def read_state(layout: Layout) -> State | None:
     try:
         return State.from_text(layout.state_file.read_text(), str(layout.state_file))
@@ -237,7 +252,11 @@ def read_state(layout: Layout) -> State | None:
 
 
 def again(layout: Layout, *flags: str) -> str:
-    args = ["release-phases", "demo"]
+    """The demo's own command line, as it can be typed here."""
+    if shutil.which("release-phases"):
+        args = ["release-phases", "demo"]
+    else:  # run as `python -m release_phases`, from a source tree
+        args = [shown_python(), "-m", "release_phases", "demo"]
     if layout.name != DEFAULT_NAME:
         args += ["--name", layout.name]
     if layout.root != default_dir(layout.name).absolute():
@@ -261,8 +280,7 @@ class Operator:
     def shown(self, mode: str, *args: str) -> str:
         """The command as an operator types it; the interpreter shown is `python3` when
         that is this one."""
-        argv = self.argv(mode, *args)
-        shown = shlex.join(["python3", *argv[1:]] if python_is_python3() else argv)
+        shown = shlex.join([shown_python(), *self.argv(mode, *args)[1:]])
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.extra_env.items())
         return f"{env} {shown}" if env else shown
 
@@ -280,16 +298,21 @@ def python() -> list[str]:
     return [sys.executable]
 
 
+def shown_python() -> str:
+    return "python3" if python_is_python3() else sys.executable
+
+
+@functools.cache
 def python_is_python3() -> bool:
+    """Whether `python3` on PATH is this Python, with its installed packages: the same
+    sys.prefix (a venv's `python` links to the base interpreter, whose realpath is the
+    same file but whose packages are not the venv's)."""
     found = shutil.which("python3")
     if found is None:
         return False
-    if os.path.realpath(found) == os.path.realpath(sys.executable):
-        return True
-    # A pyenv shim or a venv's link: ask it which interpreter it is.
     try:
         answer = subprocess.run(
-            [found, "-c", "import sys; print(sys.executable)"],
+            [found, "-c", "import sys; print(sys.prefix)"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -297,7 +320,7 @@ def python_is_python3() -> bool:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return False
-    return os.path.realpath(answer) == os.path.realpath(sys.executable)
+    return answer == sys.prefix
 
 
 def plugin_option() -> list[str]:

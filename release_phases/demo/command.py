@@ -93,10 +93,10 @@ def add_parser(commands: Any) -> None:
         help="remove everything the demo made: containers, volumes, networks, images, "
         "its directory",
     )
-    parser.set_defaults(run=main)
+    parser.set_defaults(run=run_command)
 
 
-def main(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> int:
     if not valid_name(args.name):
         say(f"--name {args.name!r}: use 1 to 30 lowercase letters and digits, a letter first")
         return CANNOT_RUN
@@ -108,6 +108,10 @@ def main(args: argparse.Namespace) -> int:
     except ReleaseError as exc:
         say(f"cannot go on: {exc}")
         return CANNOT_RUN
+    except KeyboardInterrupt:
+        # The release, if one runs, got the same Ctrl-C and stopped as it does.
+        say(f"stopped; `{again(layout)}` starts over, `{again(layout, '--clean')}` cleans up")
+        return 130
 
 
 # -- the demo -----------------------------------------------------------------------------
@@ -147,9 +151,9 @@ def run_demo(layout: Layout, *, fail: bool) -> int:
         compose_file = layout.prod / "packages" / service / "compose.yaml"
         up = [*found.compose.prefix, "-f", str(compose_file), "up", "-d", "--wait"]
         runner.run(up, cwd=layout.prod, timeout=START_TIMEOUT)
-    db = Services(ports)
-    wait_until_healthy(db)
-    say(f"  db holds (schema 1, id,name): {db.records_line()}")
+    services = Services(ports)
+    wait_until_healthy(services)
+    say(f"  db holds (schema 1, id,name): {services.records_line()}")
 
     tags = FAILING_TICKET_TAGS if fail else TICKET_TAGS
     what = "web to a version whose health check fails" if fail else "web to version 2"
@@ -160,23 +164,23 @@ def run_demo(layout: Layout, *, fail: bool) -> int:
     say(f"releasing {TICKET} in {layout.prod}: {operator.shown('release')}")
     released = operator.run("release")
     if fail:
-        outcome = check_failed_then_revert(layout, operator, released, db)
+        outcome = check_failed_then_revert(layout, operator, released, services)
     else:
-        outcome = check_completed(layout, operator, released, db)
+        outcome = check_completed(layout, operator, released, services)
     say(f"took {time.monotonic() - started:.0f}s")
     return outcome
 
 
-def check_completed(layout: Layout, operator: Operator, rc: int, db: Services) -> int:
+def check_completed(layout: Layout, operator: Operator, rc: int, services: Services) -> int:
     state = read_state(layout)
     if rc != 0 or state is None or (state.phase, state.phase_status) != ("verify", "done"):
         return not_as_designed(layout, f"the release exited {rc}", state)
-    records = db.records()
+    records = services.records()
     emails = [row.split(",")[2] if row.count(",") == 2 else "" for row in records.splitlines()]
     if not all(emails):
         return not_as_designed(layout, f"db's records lack emails: {records!r}", state)
     say(f"the release of {TICKET} completed: web 2 and db 2 run, the ticket filled the emails")
-    say(f"  db holds (schema 2, id,name,email): {db.records_line()}")
+    say(f"  db holds (schema 2, id,name,email): {services.records_line()}")
     show_files(layout, "release")
     say("try next:")
     for command, why in (
@@ -191,7 +195,9 @@ def check_completed(layout: Layout, operator: Operator, rc: int, db: Services) -
     return AS_DESIGNED
 
 
-def check_failed_then_revert(layout: Layout, operator: Operator, rc: int, db: Services) -> int:
+def check_failed_then_revert(
+    layout: Layout, operator: Operator, rc: int, services: Services
+) -> int:
     state = read_state(layout)
     if rc == 0 or state is None or (state.phase, state.phase_status) != ("migrate", "failed"):
         return not_as_designed(layout, f"the release exited {rc}, not failing in migrate", state)
@@ -199,22 +205,22 @@ def check_failed_then_revert(layout: Layout, operator: Operator, rc: int, db: Se
     if failed_on != "web":
         return not_as_designed(layout, f"migrate failed on {failed_on or 'no service'}", state)
     say("the release failed in migrate, as designed: web 2-broken never answered healthy")
-    say(f"  db holds now (migrated by db 2 when it started): {db.records_line()}")
+    say(f"  db holds now (migrated by db 2 when it started): {services.records_line()}")
     show_files(layout, "release")
     say(f"reverting {TICKET}: {operator.shown('revert')}")
     reverted = operator.run("revert")
     state = read_state(layout)
     if reverted != 0 or state is None or (state.phase, state.phase_status) != ("revert", "done"):
         return not_as_designed(layout, f"the revert exited {reverted}", state)
-    records = db.records()
+    records = services.records()
     if records != SEED_RECORDS:
         return not_as_designed(
             layout, f"db's records are {records!r} after the revert, not {SEED_RECORDS!r}", state
         )
-    versions = {name: db.health(name) for name in ("web", "db")}
+    versions = {name: services.health(name) for name in ("web", "db")}
     if not versions["web"].startswith("ok web 1") or not versions["db"].startswith("ok db 1"):
         return not_as_designed(layout, f"after the revert the services answer {versions}", state)
-    say(f"the revert restored version 1 and db's data: {db.records_line()}")
+    say(f"the revert restored version 1 and db's data: {services.records_line()}")
     show_files(layout, "revert")
     say(f"try next: {again(layout)}  # the release that completes")
     return AS_DESIGNED
@@ -343,14 +349,16 @@ class Services:
         self.ports = ports
 
     def records(self) -> str:
+        """db's records file as it serves it; why not, when it does not answer (which no
+        check then takes for records)."""
         url = f"http://127.0.0.1:{self.ports.db}{images.RECORDS_PATH}"
-        return httpx.get(url, timeout=5).text
+        try:
+            return httpx.get(url, timeout=5).text
+        except httpx.HTTPError as exc:
+            return f"(db did not answer: {exc})"
 
     def records_line(self) -> str:
-        try:
-            return " | ".join(self.records().splitlines())
-        except httpx.HTTPError as exc:
-            return f"(cannot read them: {exc})"
+        return " | ".join(self.records().splitlines())
 
     def health(self, service: str) -> str:
         """What the service's health endpoint says (`ok web 1`), or why it said nothing."""

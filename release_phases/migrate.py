@@ -9,6 +9,7 @@ stops the service there; the plugin halts every later step.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from release_phases import backup, health, hostchecks, probing, scripts
@@ -22,6 +23,8 @@ from release_phases.steps import Step
 
 PRE_HOOKS = ("pre_start_init",)
 POST_HOOKS = ("post_start_init", "ensure-config")
+#: Compose processes reading the services' configs at once in the readiness step.
+CONFIG_READERS = 8
 
 
 def hooks_of(manifest: Manifest) -> list[scripts.Script]:
@@ -93,11 +96,13 @@ def ready(ctx: ReleaseContext, services: list[str], step: Step) -> list[str]:
     lines = [f"compose: {ctx.host.compose}"]
     planned = []
     needed: list[scripts.Script] = []
-    for service in services:
-        manifest = ctx.manifest(service)
-        project = ctx.project(manifest)
-        # Read once: a build or a pull changes no compose file.
-        config = ctx.host.compose_config(project)
+    manifests = [ctx.manifest(service) for service in services]
+    projects = [ctx.project(manifest) for manifest in manifests]
+    # Read once (a build or a pull changes no compose file), and all at once: each is a
+    # Compose process that mostly waits to start, about 70 ms a service one by one.
+    with ThreadPoolExecutor(max_workers=CONFIG_READERS) as pool:
+        configs = list(pool.map(ctx.host.compose_config, projects))
+    for manifest, project, config in zip(manifests, projects, configs, strict=True):
         planned.append((manifest, project, config, to_build(ctx, manifest, project, config)))
         needed += hooks_of(manifest)
     needed += scripts.find_ticket_scripts(ctx.repo, ctx.ticket)

@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,9 +23,10 @@ import pytest
 import yaml
 
 from release_phases import atomic
-from release_phases.backup import BackupRecord, Restore, RestoreReport, take, verify
+from release_phases.backup import BackupRecord, Restore, RestoreReport, compare, take, verify
+from release_phases.backup.deployed import VOLUME_MOUNT, Deployed, helper
 from release_phases.errors import ReleaseError
-from release_phases.host import Host
+from release_phases.host import Host, engine
 from release_phases.host import compose as compose_cli
 from release_phases.host.compose import Compose, ComposeProject
 from release_phases.host.shell import CommandFailed, Runner, render
@@ -707,3 +709,113 @@ def test_a_record_cut_anywhere_is_refused(tmp_path: Path) -> None:
         path.write_text(whole[:end])
         with pytest.raises(ReleaseError, match=r"record\.json is unreadable"):
             verify(tmp_path, "db", "20240101_000000")
+
+
+# -- a volume read where its files are ----------------------------------------------------
+
+
+def test_a_volume_is_read_on_the_host_only_when_plain_local_and_readable(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "vol" / "_data"
+    data.mkdir(parents=True)
+    plain = {"Driver": "local", "Options": None, "Mountpoint": str(data)}
+    assert engine.readable_directory(plain, None) == data
+    assert engine.readable_directory(plain, "unix:///run/docker.sock") == data
+    # Mounted only while a container uses it, or somewhere else altogether:
+    assert engine.readable_directory({**plain, "Options": {"type": "tmpfs"}}, None) is None
+    assert engine.readable_directory({**plain, "Driver": "rexray"}, None) is None
+    assert engine.readable_directory(plain, "tcp://10.0.0.2:2376") is None
+    assert engine.readable_directory(plain, "ssh://deploy@host") is None
+    missing = {**plain, "Mountpoint": str(tmp_path / "gone" / "_data")}
+    assert engine.readable_directory(missing, None) is None
+    odd = tmp_path / "vol" / "da,ta"
+    odd.mkdir()
+    assert engine.readable_directory({**plain, "Mountpoint": str(odd)}, None) is None
+    assert engine.archive_argv(data, "release-phases-volume")[-2:] == [
+        "--transform=s,^_data,release-phases-volume,S",
+        "_data",
+    ]
+
+
+@pytest.mark.docker
+def test_a_volume_archived_on_the_host_equals_the_docker_apis_archive(
+    up, make_service, docker_client, host, root: Path
+) -> None:
+    """Member for member (name, type, mode, owner, mtime, link, size, content): what tar
+    makes of the mountpoint is what a restore would have got from the API."""
+    svc = make_service("web", volumes=("web-data",))
+    manifest, web = up(svc)
+    web.write("/data/web-data/sub/b.bin", BINARY)
+    web.write("/data/web-data/spaced", b"x\n")
+    web.write("/data/web-data/_data", b"named like the mountpoint\n")
+    web.sh(
+        "cd /data/web-data && mkdir -p empty && chmod 0700 empty && ln -s sub/b.bin link"
+        " && ln -s /_data/abs abs && ln sub/b.bin hard && chown 1234:4321 hard"
+        " && chmod 0640 spaced"
+    )
+    volume = docker_client.volumes.get(f"{svc.project}_web-data")
+    assert engine.readable_directory(volume.attrs, None) is not None
+
+    record = take(host, manifest, project(svc, manifest), root)
+
+    (entry,) = record.entries
+    assert entry.archive is not None
+    with (record.directory / entry.archive).open("rb") as fh:
+        ours = compare.members(fh)
+    assert verify(root, "web", record.stamp) is not None
+    image = str(web.container.attrs["Image"])
+    deployed = Deployed(host, manifest, project(svc, manifest))
+    with (
+        helper(deployed, image, volume.name, read_only=True) as mounted,
+        tempfile.TemporaryFile() as spool,
+    ):
+        for chunk in mounted.get_archive(VOLUME_MOUNT)[0]:
+            spool.write(chunk)
+        spool.seek(0)
+        theirs = compare.members(spool)
+    assert sorted(ours) == sorted(theirs)
+    names = {m[0] for m in ours}
+    assert {"release-phases-volume/hard", "release-phases-volume/_data"} <= names
+
+
+@pytest.mark.docker
+def test_a_volume_bound_elsewhere_goes_through_the_api_and_comes_back(
+    deploy, make_service, docker_client, host, root: Path, request, tmp_path: Path
+) -> None:
+    """A local volume with driver options (here a bind of another directory) is mounted
+    only while a container uses it: its mountpoint on the host shows nothing, so it is
+    read through a container and the API instead."""
+    svc = make_service("bound")
+    name = f"{svc.project}-bound"
+    device = tmp_path / "device"
+    device.mkdir()
+    docker_client.volumes.create(
+        name=name,
+        driver="local",
+        driver_opts={"type": "none", "o": "bind", "device": str(device)},
+        labels={LABEL: "test_backup"},
+    )
+    request.addfinalizer(lambda: docker_client.volumes.get(name).remove(force=True))
+    deploy.write_service(svc, extra_manifest={"backup": {"volumes": [name]}})
+    compose_file = deploy.dev / "packages" / "bound" / "compose.yaml"
+    spec = yaml.safe_load(compose_file.read_text())
+    spec["services"]["bound"]["volumes"] = [f"{name}:/data/bound"]
+    spec["volumes"] = {name: {"external": True}}
+    compose_file.write_text(yaml.safe_dump(spec))
+    manifest = load(deploy.dev, svc.name)
+    request.addfinalizer(lambda: compose(svc, manifest, "down"))
+    compose(svc, manifest, "up", "-d")
+    box = Box(docker_client, svc)
+    box.write("/data/bound/kept", BINARY)
+    assert engine.readable_directory(docker_client.volumes.get(name).attrs, None) is None
+
+    record = take(host, manifest, project(svc, manifest), root)
+    assert members(record, "volume") == {"kept"}
+    box.write("/data/bound/kept", b"changed\n")
+    compose(svc, manifest, "stop")
+    restore(host, svc, manifest, root, record.stamp)
+    compose(svc, manifest, "start")
+
+    assert box.read("/data/bound/kept") == BINARY
+    assert (device / "kept").read_bytes() == BINARY

@@ -198,6 +198,9 @@ class KillPoint:
     half_backup: bool = False
     #: ... and a throwaway container holding the volume it was archiving.
     helper: bool = False
+    #: The volume binds another directory (driver options), so the engine cannot read
+    #: it on the host with tar and archives it through a throwaway container instead.
+    bound_volume: bool = False
     quick: bool = False
     #: Merged into the compose service of both versions.
     compose: dict[str, object] = field(default_factory=dict)
@@ -209,15 +212,17 @@ def began(phase: str, step: str) -> Callable[[Watch], bool]:
 
 POINTS = [
     # Inside each long step.
+    # A plain local volume is archived by tar on the host; what a kill leaves is that
+    # tar, if it has not finished, and half an archive.
     KillPoint(
         "backup-archive",
         "prepare",
         lambda w: w.began("prepare", "test_backup") and w.partial("volume"),
         big_volume=True,
         half_backup=True,
-        helper=True,
         quick=True,
     ),
+    # Any other is archived through a throwaway container, which the kill leaves behind.
     KillPoint(
         "backup-archive-while-stopped",
         "migrate",
@@ -226,6 +231,7 @@ POINTS = [
         when_stopped=True,
         half_backup=True,
         helper=True,
+        bound_volume=True,
     ),
     KillPoint(
         "backup-dump",
@@ -397,8 +403,19 @@ def _prepare(deploy: DeployRepo, make_service, point: KillPoint) -> tuple[Servic
         backup["dump"] = SLOW_RESTORE
     if point.when_stopped:
         backup["when"] = "stopped"
+    options = None
+    if point.bound_volume:
+        device = deploy.root / "bound-volume"
+        device.mkdir()
+        options = {"type": "none", "o": "bind", "device": str(device)}
     (svc,) = running_on_prod(
-        deploy, make_service, ("api",), volumes=(KEY,), backup=backup, compose=point.compose
+        deploy,
+        make_service,
+        ("api",),
+        volumes=(KEY,),
+        backup=backup,
+        compose=point.compose,
+        volume_options=options,
     ).values()
     if point.slow_health:
         svc.health = {

@@ -31,7 +31,9 @@ def members(fileobj: IO[bytes]) -> list[Member]:
                 (
                     m.name,
                     m.type,
-                    m.mode,
+                    # Permission bits only: Docker's archives also carry the file type
+                    # there (S_IFDIR...), GNU tar's do not, and `type` says it anyway.
+                    m.mode & 0o7777,
                     m.uid,
                     m.gid,
                     int(m.mtime),

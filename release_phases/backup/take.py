@@ -9,6 +9,7 @@ import os
 import posixpath
 import re
 import shutil
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +33,13 @@ from release_phases.backup.record import (
 from release_phases.errors import ReleaseError
 from release_phases.host import Host
 from release_phases.host.compose import ComposeProject
-from release_phases.host.engine import engine_failed, project_volume, volume_create_argv
+from release_phases.host.engine import (
+    archive_argv,
+    engine_failed,
+    project_volume,
+    readable_directory,
+    volume_create_argv,
+)
 from release_phases.host.shell import render
 from release_phases.manifest import Dump, Manifest
 
@@ -43,6 +50,10 @@ FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 #: Bytes free under which a filesystem counts as full: less than a dump's next write
 #: would need, whatever else frees a block meanwhile.
 FULL = 1024 * 1024
+#: How a command's output is checksummed while it is written: bytes a read, and seconds
+#: to wait when the reader has caught up with the writer.
+FOLLOW_CHUNK = 1024 * 1024
+FOLLOW_PAUSE = 0.005
 
 
 @dataclass
@@ -255,6 +266,31 @@ class Writer:
             if close is not None:
                 close()
 
+    def save_output(self, argv: list[str], name: str) -> str:
+        """Write what a command prints (an archive made on this host) into the directory
+        as `save` does; its sha256, taken while the command writes: a thread reads the
+        file just behind it, from the page cache, so the checksum costs no second pass.
+
+        GNU tar's exit status 1 (a file changed while it was read) is a live service's
+        normal state, as it is for the API's archive; anything else fails the backup.
+        """
+        with atomic.replacing(self.directory / name) as tmp:
+            with _Follower(tmp) as follower:
+                result = self.deployed.host.run(argv, timeout=None, check=False, stdout_to=tmp)
+            self.written += tmp.stat().st_size
+            if not result.ok and shutil.disk_usage(self.directory).free < FULL:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+            if result.returncode not in (0, 1):
+                raise ReleaseError(
+                    f"backup of {self.deployed.service}: `{render(argv)}` exited"
+                    f" {result.returncode}: {result.tail(20).strip() or '(no message)'}",
+                    untouched=f"{self.deployed.service} and its data: the backup only read"
+                    f" them; no backup was kept ({self.directory} was removed)",
+                    next_command=f"see why with `{render(argv)} > /dev/null`, then run the"
+                    " same command again",
+                )
+        return follower.hexdigest()
+
     @contextmanager
     def guard(self) -> Iterator[None]:
         """Discard the directory on any failure; name it in a Docker or full-disk error."""
@@ -322,10 +358,17 @@ def _archive(writer: Writer, source: Source, archive: str) -> Entry:
     if source.kind == "volume":
         if source.volume is None:
             return Entry("volume", source.name, source.target, absent=True)
-        image = _require_image(deployed, source.target)
-        with helper(deployed, image, source.target, read_only=True) as mounted:
-            chunks, _ = mounted.get_archive(VOLUME_MOUNT)
-            sha = writer.save(chunks, archive)
+        local = readable_directory(source.volume.attrs, os.environ.get("DOCKER_HOST"))
+        if local is not None:
+            # The same archive as the API's, made where the files are: tar reads them
+            # from the host's page cache instead of the daemon streaming them over its
+            # socket, about twice as fast for a large volume (bench/backup.py).
+            sha = writer.save_output(archive_argv(local, VOLUME_MOUNT.lstrip("/")), archive)
+        else:
+            image = _require_image(deployed, source.target)
+            with helper(deployed, image, source.target, read_only=True) as mounted:
+                chunks, _ = mounted.get_archive(VOLUME_MOUNT)
+                sha = writer.save(chunks, archive)
         config = VolumeConfig.of(source.volume)
         return Entry("volume", source.name, source.target, False, archive, sha, volume=config)
     container = source.container
@@ -427,3 +470,42 @@ def _size(count: int) -> str:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "root"
+
+
+class _Follower:
+    """Checksums a file while another process is still writing it (see `save_output`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.digest = hashlib.sha256()
+        self.ended = threading.Event()
+        self.failed: OSError | None = None
+        self.thread = threading.Thread(target=self._follow, name=f"sha256 {path.name}")
+
+    def __enter__(self) -> _Follower:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ended.set()
+        self.thread.join()
+        if self.failed is not None:
+            raise self.failed
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+    def _follow(self) -> None:
+        try:
+            with self.path.open("rb") as fh:
+                while True:
+                    chunk = fh.read(FOLLOW_CHUNK)
+                    if chunk:
+                        self.digest.update(chunk)
+                    elif self.ended.is_set():
+                        # The writer is gone: what is left was read above, to the end.
+                        return
+                    else:
+                        self.ended.wait(FOLLOW_PAUSE)
+        except OSError as exc:
+            self.failed = exc

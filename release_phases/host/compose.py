@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 import yaml
 
 from release_phases.errors import ConfigError, ReleaseError
-from release_phases.host.shell import DEFAULT, Argv, Runner, render
+from release_phases.host.shell import DEFAULT, Argv, Result, Runner, render
 from release_phases.manifest import Manifest, load_yaml
 
 OVERRIDE_ENV = "RELEASE_PHASES_COMPOSE"
@@ -121,17 +122,27 @@ def _examine(runner: Runner, prefix: tuple[str, ...]) -> tuple[Compose | None, s
     """A usable Compose, or None and why this candidate was passed over."""
     shown = render(prefix)
     version: tuple[int, ...] | None = None
-    for short in (True, False):
+
+    def ask(argv: list[str]) -> Result:
+        return runner.run(argv, check=False, timeout=DETECT_TIMEOUT)
+
+    # The exit-code probe runs beside the version query: each is a Compose start-up that
+    # mostly waits, and every release pays for this once.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        probe = pool.submit(ask, exit_code_probe(prefix))
+        for short in (True, False):
+            try:
+                result = ask(version_argv(prefix, short=short))
+            except OSError as exc:
+                return None, f"{shown}: cannot run ({exc.strerror})"
+            if result.ok:
+                version = parse_version(result.output)
+                if version is not None:
+                    break
         try:
-            result = runner.run(
-                version_argv(prefix, short=short), check=False, timeout=DETECT_TIMEOUT
-            )
-        except OSError as exc:
-            return None, f"{shown}: cannot run ({exc.strerror})"
-        if result.ok:
-            version = parse_version(result.output)
-            if version is not None:
-                break
+            probed = probe.result()
+        except OSError:
+            probed = None
     if version is None:
         return None, f"{shown}: not Compose (no version reported)"
     text = ".".join(map(str, version))
@@ -140,7 +151,9 @@ def _examine(runner: Runner, prefix: tuple[str, ...]) -> tuple[Compose | None, s
             f"{shown} is Compose v1 {text}, which ignores flags it does not know and still "
             "exits 0, so it is never driven"
         )
-    if runner.run(exit_code_probe(prefix), check=False, timeout=DETECT_TIMEOUT).ok:
+    if probed is None:
+        return None, f"{shown}: cannot run its exit-code probe"
+    if probed.ok:
         return None, f"{shown} reports Compose {text} but loses exit codes (a wrapper?)"
     return Compose(prefix=prefix, version=text), ""
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from release_phases.errors import ReleaseError
@@ -205,4 +208,49 @@ def volume_create_argv(project: str, key: str) -> list[str]:
         f"--label={PROJECT_LABEL}={project}",
         f"--label={VOLUME_LABEL}={key}",
         project_volume(project, key),
+    ]
+
+
+def readable_directory(volume: dict[str, Any], docker_host: str | None) -> Path | None:
+    """The host directory holding a volume's files, when this process can read them there.
+
+    Only a plain `local` volume (no driver options: a tmpfs, NFS or bind volume is
+    mounted only while a container uses it) of an engine on this machine (DOCKER_HOST
+    unset or a unix socket), whose mountpoint this process can enter. Otherwise None,
+    and the volume is read through a container and the Docker API.
+    """
+    if docker_host and not docker_host.startswith("unix://"):
+        return None
+    if volume.get("Driver") != "local" or volume.get("Options"):
+        return None
+    mountpoint = volume.get("Mountpoint")
+    if not mountpoint:
+        return None
+    path = Path(mountpoint)
+    # Docker's own layout (`.../volumes/<name>/_data`); a name tar's --transform can
+    # take as it is.
+    if not re.fullmatch(r"\w+", path.name):
+        return None
+    if not path.is_dir() or not os.access(path, os.R_OK | os.X_OK):
+        return None
+    return path
+
+
+def archive_argv(directory: Path, top: str) -> list[str]:
+    """GNU tar of ``directory`` to stdout, its members under ``top/`` (as the Docker API's
+    archive of the same directory mounted at ``/top`` names them), owners by number.
+
+    ``S``: a symbolic link's target is left as it is; only member names are renamed.
+    """
+    return [
+        "tar",
+        "--create",
+        "--file=-",
+        "--numeric-owner",
+        # Docker walks a directory in name order; so does this archive, so the two list
+        # the same members in the same order (and pick the same one of hard links).
+        "--sort=name",
+        f"--directory={directory.parent}",
+        f"--transform=s,^{directory.name},{top},S",
+        directory.name,
     ]

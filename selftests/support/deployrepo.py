@@ -40,6 +40,8 @@ class Service:
     compose: dict[str, object] = field(default_factory=dict)
     #: The manifest's backup: section; None: `volumes` and `paths`, when there are any.
     backup: dict[str, object] | None = None
+    #: driver_opts of its volumes (the local driver's): a bind of another directory, say.
+    volume_options: dict[str, str] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -117,7 +119,13 @@ class DeployRepo:
             },
         }
         if svc.volumes:
-            compose["volumes"] = {v: {"labels": {LABEL: self.run_label}} for v in svc.volumes}
+            compose["volumes"] = {
+                v: {
+                    "labels": {LABEL: self.run_label},
+                    **({"driver_opts": svc.volume_options} if svc.volume_options else {}),
+                }
+                for v in svc.volumes
+            }
         (pkg / "compose.yaml").write_text(yaml.safe_dump(compose, sort_keys=False))
 
     def write(self, relpath: str, text: str, mode: int | None = None) -> Path:

@@ -7,6 +7,7 @@ round releasing a new ticket. Reported: medians, and engine/bash.
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -56,7 +57,8 @@ def _by_hand(world: World) -> float:
     pairs = [f"{svc.name}={svc.endpoint}" for svc in world.services]
     argv = ["bash", str(HERE / "by_hand.sh"), str(world.deploy.prod), STOP_TIMEOUT, *pairs]
     began = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True)
+    env = {**os.environ, **world.compose_env()}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
     took = time.perf_counter() - began
     if done.returncode != 0:
         raise RuntimeError(f"the release by hand failed:\n{done.stdout}{done.stderr}")

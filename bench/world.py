@@ -2,7 +2,8 @@
 
 Built with the selftests' own helpers (real git, images made with `docker import`),
 labelled with this bench run's id, and removed by that label and by the exact
-compose project names when the world closes.
+compose project names when the world closes. Compose is the one the engine detects
+(`World.compose`), never a bare `docker compose`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import docker
 
+from release_phases.host import compose as compose_cli
+from release_phases.host.shell import render
 from selftests.support.deployrepo import DeployRepo, Service, free_port
 from selftests.support.images import LABEL, ImageSpec, build
 
@@ -26,6 +29,7 @@ class World:
 
     def __init__(self, services: int, *, host_network: bool = False, volume: bool = False) -> None:
         self.run_id = f"bench{uuid.uuid4().hex[:6]}"
+        self.compose = compose_cli.detect()
         self.client = docker.from_env()
         self.root = Path(tempfile.mkdtemp(prefix=f"rp-{self.run_id}-"))
         self.deploy = DeployRepo(self.root, self.run_id)
@@ -63,11 +67,16 @@ class World:
         for svc in self.services:
             compose = self.deploy.prod / "packages" / svc.name / "compose.yaml"
             subprocess.run(
-                ["docker", "compose", "-f", str(compose), "up", "-d"],
+                [*self.compose.prefix, "-f", str(compose), "up", "-d"],
                 check=True,
                 capture_output=True,
             )
         self.tickets = 0
+
+    def compose_env(self) -> dict[str, str]:
+        """The environment naming this world's Compose for a script (`by_hand.sh`): the
+        engine's own override variable, a shell-quoted command."""
+        return {compose_cli.OVERRIDE_ENV: render(self.compose.prefix)}
 
     def volume_dir(self, svc: Service) -> Path:
         """The host directory holding the service's volume (we are root here)."""

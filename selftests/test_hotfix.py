@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -15,7 +17,10 @@ pytestmark = pytest.mark.docker
 
 
 def _just(deploy, *args: str) -> subprocess.CompletedProcess:
-    just = shutil.which("just")
+    # Beside this Python first: .ci/setup installs just into .venv/bin, which need not
+    # be on PATH (the suite runs as `.venv/bin/python -m pytest`).
+    here = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    just = shutil.which("just", path=here)
     assert just, "just is installed by .ci/setup (PyPI rust-just)"
     return subprocess.run(
         [just, "-f", str(REPO_ROOT / "justfile"), *args, *engine.TEST_INI],

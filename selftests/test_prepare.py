@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from selftests.support import engine
+from selftests.support import composecli, engine
 from selftests.support.scenario import running_on_prod, up, web_on_prod
 
 pytestmark = pytest.mark.docker
@@ -36,7 +36,7 @@ def two_services(deploy, make_service, docker_client):
     for svc in (web, api):
         compose_file = deploy.prod / "packages" / svc.name / "compose.yaml"
         subprocess.run(
-            ["docker", "compose", "-f", str(compose_file), "up", "-d"],
+            composecli.argv("-f", str(compose_file), "up", "-d"),
             check=True,
             capture_output=True,
         )

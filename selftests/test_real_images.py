@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from selftests.conftest import RUN_ID, remove_project
+from selftests.support import composecli
 from selftests.support.debian import APP_PY, DebianImages
 from selftests.support.deployrepo import free_port
 from selftests.support.images import LABEL
@@ -101,7 +102,7 @@ def test_postgres_and_app_from_cached_images(
     app_image = f"{project}/app:1"
     port = free_port()
     compose_file = write_project(tmp_path, project, debian_images, port)
-    compose = ["docker", "compose", "-p", project, "-f", str(compose_file)]
+    compose = composecli.argv("-p", project, "-f", str(compose_file))
     try:
         run([*compose, "up", "--detach", "--wait", "--wait-timeout", "90", "db"])
         db = run([*compose, "ps", "--quiet", "db"]).strip()

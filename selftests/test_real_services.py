@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from selftests.conftest import RUN_ID, remove_project
-from selftests.support import engine
+from selftests.support import composecli, engine
 from selftests.support.debian import APP_PY
 from selftests.support.deployrepo import DeployRepo, free_port
 from selftests.support.images import LABEL
@@ -118,7 +118,7 @@ def stack(deploy: DeployRepo, debian_images, docker_client):
     deploy.clone_prod()
     for package in ("db", "app"):
         compose = deploy.prod / "packages" / package / "compose.yaml"
-        _run(["docker", "compose", "-f", str(compose), "up", "-d", "--build", "--wait"])
+        _run(composecli.argv("-f", str(compose), "up", "-d", "--build", "--wait"))
     s.psql(SEED)
     yield s
     for project in (s.app_project, s.db_project):

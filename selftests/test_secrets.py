@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from selftests.support import engine
+from selftests.support import composecli, engine
 from selftests.support.scenario import running_on_prod
 
 pytestmark = pytest.mark.docker
@@ -14,13 +14,14 @@ DB_PASSWORD = "hunter2-very-secret"
 API_TOKEN = "tok-0123456789abcdef-e2e"
 
 #: A careless ticket script: it traces its commands (`set -x`), prints both secrets, asks
-#: the container what it was given, keeps what it saw, and fails.
+#: the container what it was given (through `{compose}`, the Compose this host has), keeps
+#: what it saw, and fails.
 LEAKY_TICKET = """\
 set -eux
 echo "calling the API with $API_TOKEN"
 . packages/api/db.env
 echo "connecting with password $DB_PASSWORD"
-docker compose -f packages/api/compose.yaml exec -T api /bin/busybox env | sort
+{compose} -f packages/api/compose.yaml exec -T api /bin/busybox env | sort
 printf '%s\\n' "$API_TOKEN" "$DB_PASSWORD" > .asd/seen-by-ticket
 echo "migration failed for $DB_PASSWORD" >&2
 exit 3
@@ -38,7 +39,7 @@ def test_secrets_in_env_and_env_files_are_masked_everywhere(deploy, make_service
     make_service("api", "2")
     api.compose = {"env_file": ["db.env"], "environment": {"API_TOKEN": "${API_TOKEN}"}}
     deploy.write_service(api)
-    deploy.write("releases/1234-leaky.sh", LEAKY_TICKET)
+    deploy.write("releases/1234-leaky.sh", LEAKY_TICKET.format(compose=composecli.shell()))
     deploy.merge_feature("feature/1234", "ticket 1234: api to tag 2, with its secrets")
 
     run = engine.run(deploy.prod, "1234", env={"API_TOKEN": API_TOKEN})

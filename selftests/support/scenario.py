@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
+from selftests.support import composecli
 from selftests.support.deployrepo import DeployRepo, Service
 
 
@@ -11,7 +12,7 @@ def up(deploy: DeployRepo, svc: Service) -> None:
     """Start a service on prod the way it ran before the release."""
     compose_file = deploy.prod / "packages" / svc.name / "compose.yaml"
     done = subprocess.run(
-        ["docker", "compose", "-f", str(compose_file), "up", "-d"],
+        composecli.argv("-f", str(compose_file), "up", "-d"),
         capture_output=True,
         text=True,
         check=False,

@@ -238,6 +238,8 @@ class CommandCheck:
 
 #: Something that ends a wait early: returns why (a container exited), or "".
 Watch = Callable[[], str]
+#: Told after each round that did not pass: seconds waited, and that round's probes.
+OnRound = Callable[[float, Sequence[Probe]], None]
 
 
 @dataclass
@@ -332,9 +334,11 @@ def poll(
     expected_code: int = 200,
     watch: Watch | None = None,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    on_round: OnRound | None = None,
 ) -> HealthResult:
     """Probe every check each ``interval`` until all pass in one round, ``timeout``
-    passes, or ``watch`` says waiting is pointless.
+    passes, or ``watch`` says waiting is pointless; ``on_round`` hears of each round
+    that did not pass.
 
     Rounds start ``interval`` apart (sooner ones wait, slow ones are followed at
     once); the last one may start at the deadline and is given one interval.
@@ -349,6 +353,8 @@ def poll(
         began = time.monotonic()
         if _round(checks, clock, probes):
             return result(True)
+        if on_round is not None:
+            on_round(clock.elapsed(), probes[-len(checks) :])
         stopped = watch() if watch else ""
         if stopped:
             return result(False, stopped)
@@ -395,8 +401,10 @@ def poll_with_backoff(
     *,
     expected_code: int = 200,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    on_round: OnRound | None = None,
 ) -> HealthResult:
-    """Rounds of every check with exponential backoff until all pass or ``budget`` passes.
+    """Rounds of every check with exponential backoff until all pass or ``budget`` passes
+    (``on_round`` hears of each round that did not).
 
     Pauses follow ``backoff_delays``; the time probes take counts against the
     budget; the last pause is cut so the final round starts at the budget.
@@ -406,6 +414,8 @@ def poll_with_backoff(
     for delay in backoff_delays(first_delay, factor, max_delay):
         if _round(checks, clock, probes):
             return HealthResult(True, expected_code, budget, clock.elapsed(), probes)
+        if on_round is not None:
+            on_round(clock.elapsed(), probes[-len(checks) :])
         if clock.remaining() <= 0:
             break
         time.sleep(min(delay, clock.remaining()))

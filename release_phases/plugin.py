@@ -25,6 +25,7 @@ pytest-dependency's gaps, closed here and nowhere else:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -257,6 +258,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(Selection(ctx, expr), "release-selection")
     record = Record(ctx, ledger, config)
     config.pluginmanager.register(record, "release-record")
+    config.pluginmanager.register(Telling(ctx, config), "release-telling")
     if config.pluginmanager.hasplugin("html"):
         from release_phases.report import ReportDetails  # only with pytest-html
 
@@ -264,6 +266,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    from release_phases import progress
+
+    progress.install(None)
     ctx = config.stash.get(CONTEXT, None)
     html = config.getoption("htmlpath", None)
     if ctx is not None and html and Path(html).exists():
@@ -560,6 +565,44 @@ def _count(items: Sequence[pytest.Item]) -> dict[str, int]:
         if phase:
             counts[phase] = counts.get(phase, 0) + 1
     return counts
+
+
+class Telling:
+    """Where the run stands, on the terminal: its configuration in pytest's header, and
+    the progress of long steps (`progress.say`) while they run, unless `-q`."""
+
+    def __init__(self, ctx: ReleaseContext, config: pytest.Config) -> None:
+        from release_phases import progress
+
+        self.ctx = ctx
+        self.config = config
+        if config.get_verbosity() >= 0:
+            progress.install(self.write_line)
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        from release_phases import progress
+        from release_phases.manifest import Health
+
+        options = self.ctx.options
+        if options.mode not in ("release", "revert"):
+            return []
+        try:
+            compose = str(self.ctx.host.compose)  # detected once, for the run's steps too
+        except ReleaseError as exc:  # the readiness step says so, as a failure
+            compose = f"none found ({exc.what.splitlines()[0]})"
+        lines = progress.header(options, compose, Health().timeout)
+        return [masking.mask(line) for line in lines]
+
+    def write_line(self, line: str) -> None:
+        """A whole line on the terminal while a step runs. Past the step's output
+        capture, as pytest's own live logging writes; pytest's reporter first ends a
+        line it left open (`test_migrate.py .`)."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(line)
 
 
 class Record:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from release_phases import health
+from release_phases import health, progress
 from release_phases.context import ReleaseContext
 from release_phases.health import Check, HealthResult
 from release_phases.host.compose import LOG_TAIL, ComposeProject
@@ -117,9 +117,11 @@ def wait_until_healthy(
             manifest.health.timeout,
             expected_code=manifest.health.expected_code,
             watch=watch(ctx, project),
+            on_round=telling(manifest.service),
         )
     finally:
         _close(found)
+    told(manifest.service, probed)
     step.detail("health probes", probe_table(probed))
     if not probed.ok:
         keep_logs(ctx, project, step)
@@ -130,11 +132,32 @@ def check_health(ctx: ReleaseContext, manifest: Manifest, project: ComposeProjec
     """Every declared check, retried with exponential backoff within CHECK_BUDGET."""
     found = checks(ctx, manifest, project)
     try:
-        return health.poll_with_backoff(
-            found, CHECK_BUDGET, expected_code=manifest.health.expected_code
+        probed = health.poll_with_backoff(
+            found,
+            CHECK_BUDGET,
+            expected_code=manifest.health.expected_code,
+            on_round=telling(manifest.service),
         )
     finally:
         _close(found)
+    told(manifest.service, probed)
+    return probed
+
+
+def telling(service: str) -> health.OnRound:
+    """A wait's progress: every few seconds, how long so far and what each check said."""
+    every = progress.Every()
+
+    def on_round(elapsed: float, last_round: Sequence[health.Probe]) -> None:
+        if every.due(elapsed):
+            progress.say(service, progress.waiting(elapsed, last_round))
+
+    return on_round
+
+
+def told(service: str, result: HealthResult) -> None:
+    """The wait's last progress line: how it ended."""
+    progress.say(service, f"{'healthy' if result.ok else 'not healthy'}: {result.summary}")
 
 
 def keep_logs(ctx: ReleaseContext, project: ComposeProject, step: Step) -> None:

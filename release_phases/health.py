@@ -75,6 +75,80 @@ class Probe:
         return f"got {self.status}" if self.status is not None else f"failed: {self.error}"
 
 
+@dataclass(frozen=True)
+class Folded:
+    """Probes in a row of one check that all said the same, shown as one line between
+    the first and the last of them: `got 404 x34, 0.2 s apart`."""
+
+    sample: Probe
+    #: How many were folded (the first and the last, kept around this, not counted).
+    count: int
+    #: Seconds between two of them, on average over the whole run of the same answer.
+    apart: float
+    #: The fastest and the slowest of them, in ms.
+    latency_ms: tuple[float, float]
+
+    @property
+    def outcome(self) -> str:
+        return f"{self.sample.outcome} x{self.count}, {_seconds(self.apart)} s apart"
+
+
+def _seconds(value: float) -> str:
+    """`0.15`, `0.2`, `5`, `12`: two significant digits at most, no trailing zeros."""
+    if value >= 10:
+        return f"{value:.0f}"
+    return f"{value:.2f}".rstrip("0").rstrip(".") or "0"
+
+
+def _at(probe: Probe) -> float:
+    try:
+        return datetime.fromisoformat(probe.at).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def fold(probes: Sequence[Probe], keep: int = 3) -> list[Probe | Folded]:
+    """The probes with each run of the same answer from the same check folded.
+
+    A run is a check's probes in a row (its own, whichever other checks were probed
+    in between) with the same outcome. A run longer than ``keep`` becomes its first
+    probe, one `Folded` line, and its last probe: what it said first and last, and
+    when, stay exact. The lines keep the order of the probes they stand for.
+    """
+    by_target: dict[tuple[str, str], list[int]] = {}
+    for index, probe in enumerate(probes):
+        by_target.setdefault((probe.kind, probe.target), []).append(index)
+    placed: list[tuple[int, Probe | Folded]] = []
+    for indexes in by_target.values():
+        run: list[int] = []
+        for index in [*indexes, -1]:  # -1 ends the last run
+            same = run and index >= 0 and _same(probes[run[0]], probes[index])
+            if same or not run:
+                run.append(index)
+                continue
+            placed += _folded_run(probes, run, keep)
+            run = [index]
+    placed.sort(key=lambda pair: pair[0])
+    return [line for _, line in placed]
+
+
+def _same(a: Probe, b: Probe) -> bool:
+    return a.outcome == b.outcome and a.passed == b.passed
+
+
+def _folded_run(
+    probes: Sequence[Probe], run: list[int], keep: int
+) -> list[tuple[int, Probe | Folded]]:
+    if len(run) <= keep:
+        return [(i, probes[i]) for i in run]
+    first, last = probes[run[0]], probes[run[-1]]
+    middle = [probes[i] for i in run[1:-1]]
+    apart = (_at(last) - _at(first)) / (len(run) - 1)
+    latencies = [p.latency_ms for p in middle]
+    folded = Folded(middle[0], len(middle), apart, (min(latencies), max(latencies)))
+    return [(run[0], first), (run[1], folded), (run[-1], last)]
+
+
 class Check(Protocol):
     """One way of asking whether the service is healthy."""
 

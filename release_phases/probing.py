@@ -167,10 +167,19 @@ def keep_logs(ctx: ReleaseContext, project: ComposeProject, step: Step) -> None:
 
 
 def probe_table(result: HealthResult) -> str:
-    """Every probe, a line each: when, what it heard (and of what), how long it took."""
-    rows = [f"{'time':<26} {'outcome':<40} latency"]
-    for p in result.probes:
-        outcome = p.outcome if p.kind == "endpoint" else f"{p.kind} {p.target}: {p.outcome}"
-        rows.append(f"{p.at:<26} {outcome:<40} {p.latency_ms:.0f} ms")
+    """Every probe, a line each: when, what it heard (and of what), how long it took;
+    a run of the same answer folded (`health.fold`) between its first and last probe."""
+    rows = [f"{'time':<29} {'outcome':<40} latency"]
+    for line in health.fold(result.probes):
+        p = line.sample if isinstance(line, health.Folded) else line
+        outcome = line.outcome
+        if p.kind != "endpoint":
+            outcome = f"{p.kind} {p.target}: {outcome}"
+        if isinstance(line, health.Folded):
+            low, high = line.latency_ms
+            span = f"{low:.0f} ms" if round(low) == round(high) else f"{low:.0f}-{high:.0f} ms"
+            rows.append(f"{'  ...':<29} {outcome:<40} {span}")
+        else:
+            rows.append(f"{p.at:<29} {outcome:<40} {p.latency_ms:.0f} ms")
     rows.append(result.summary)
     return "\n".join(rows)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from release_phases import health, progress
 from release_phases.context import ReleaseContext
+from release_phases.errors import ReleaseError
 from release_phases.health import Check, HealthResult
 from release_phases.host.compose import LOG_TAIL, ComposeProject
 from release_phases.host.shell import INTERRUPTED, Result, render
@@ -161,9 +162,32 @@ def told(service: str, result: HealthResult) -> None:
 
 
 def keep_logs(ctx: ReleaseContext, project: ComposeProject, step: Step) -> None:
-    """The containers' log tail, into the step's report details."""
+    """The containers' log tail, into the step's report details. When there is none,
+    it says why: a container that printed nothing, or none there to print."""
     who = step.service or " ".join(project.services)
-    step.detail(f"container logs of {who} (last {LOG_TAIL} lines)", ctx.host.logs(project))
+    tail = ctx.host.logs(project)
+    if not tail.strip():
+        tail = printed_nothing(ctx, project)
+    step.detail(f"container logs of {who} (last {LOG_TAIL} lines)", tail)
+
+
+def printed_nothing(ctx: ReleaseContext, project: ComposeProject) -> str:
+    """What an empty log tail means: which containers there are, and in what state."""
+    try:
+        containers = ctx.host.engine.containers_of_all(project.name, project.services)
+    except ReleaseError as exc:
+        return f"`compose logs` printed nothing, and the engine did not answer: {exc.what}"
+    if not containers:
+        return (
+            f"no container of {' '.join(project.services)} exists in project {project.name}:"
+            " there is no log to read"
+        )
+    states = ", ".join(
+        f"{c.name} {'created, never started' if c.status == 'created' else c.status}"
+        for c in containers
+    )
+    many = len(containers) > 1
+    return f"the container{'s' if many else ''} printed nothing ({states})"
 
 
 def probe_table(result: HealthResult) -> str:

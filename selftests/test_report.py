@@ -253,3 +253,20 @@ def test_a_complete_release_shows_each_image_expected_against_actual(
     health = _flat(rows["test_verify.py::test_health[api]"].text(visible=False))
     assert "health probes" in health and "got 200" in health
 
+
+@pytest.mark.docker
+def test_a_container_that_printed_nothing_is_said_to_have_printed_nothing(
+    chromium, deploy, make_service
+):
+    v1_running_v2_merged(deploy, make_service, ("api",), v2_health={"api": "silent"}, timeout=2)
+    run = engine.run(deploy.prod, "1234")
+    assert run.rc == 1, run
+    page = Page.open(chromium, _report(run))
+    top = _flat(page.body.find("section", "release").text())
+    assert "read the container logs in the report" in top
+    details = _flat(
+        _rows(page)["test_migrate.py::test_migrate[api]"].find("tr", "extras-row").text()
+    )
+    logs = details.split("container logs of api (last 200 lines)", 1)[1]
+    assert re.match(r" the container printed nothing \(\S+api-1 running\)", logs), logs
+    assert "(empty)" not in details

@@ -12,7 +12,9 @@ only for a release run: plain `pytest` elsewhere imports none of the machinery
 - `Selection` applies `--from` and a phase-aware `-k`, and registers the steps
   an earlier run completed as passed, so that what the selection runs may start;
 - `Record` tells the ledger what each step did and has the journal write it,
-  then prints the ledger's summary.
+  then prints the ledger's summary;
+- `Telling` prints the configuration in pytest's header and, while steps run,
+  their progress (`progress.say`).
 
 pytest-dependency's gaps, closed here and nowhere else:
 1. With `-k` or `--from`, a dependent whose dependency was deselected is merely
@@ -601,6 +603,11 @@ class Telling:
         if reporter is None:
             return
         capture = self.config.pluginmanager.get_plugin("capturemanager")
+        # From a --parallel thread too: `progress.say` holds its lock, so one line at a
+        # time suspends the capture. pytest's capture is not per thread: output of the
+        # main thread in that moment is shown rather than captured, and a line written
+        # just as the main thread starts or ends a step may land in that step's
+        # captured output instead. Suspending and resuming twice is harmless.
         with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
             reporter.write_line(line)
 

@@ -75,6 +75,80 @@ class Probe:
         return f"got {self.status}" if self.status is not None else f"failed: {self.error}"
 
 
+@dataclass(frozen=True)
+class Folded:
+    """Probes in a row of one check that all said the same, shown as one line between
+    the first and the last of them: `got 404 x34, 0.2 s apart`."""
+
+    sample: Probe
+    #: How many were folded (the first and the last, kept around this, not counted).
+    count: int
+    #: Seconds between two of them, on average over the whole run of the same answer.
+    apart: float
+    #: The fastest and the slowest of them, in ms.
+    latency_ms: tuple[float, float]
+
+    @property
+    def outcome(self) -> str:
+        return f"{self.sample.outcome} x{self.count}, {_seconds(self.apart)} s apart"
+
+
+def _seconds(value: float) -> str:
+    """`0.15`, `0.2`, `5`, `12`: two significant digits at most, no trailing zeros."""
+    if value >= 10:
+        return f"{value:.0f}"
+    return f"{value:.2f}".rstrip("0").rstrip(".") or "0"
+
+
+def _at(probe: Probe) -> float:
+    try:
+        return datetime.fromisoformat(probe.at).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def fold(probes: Sequence[Probe], keep: int = 3) -> list[Probe | Folded]:
+    """The probes with each run of the same answer from the same check folded.
+
+    A run is a check's probes in a row (its own, whichever other checks were probed
+    in between) with the same outcome. A run longer than ``keep`` becomes its first
+    probe, one `Folded` line, and its last probe: what it said first and last, and
+    when, stay exact. The lines keep the order of the probes they stand for.
+    """
+    by_target: dict[tuple[str, str], list[int]] = {}
+    for index, probe in enumerate(probes):
+        by_target.setdefault((probe.kind, probe.target), []).append(index)
+    placed: list[tuple[int, Probe | Folded]] = []
+    for indexes in by_target.values():
+        run: list[int] = []
+        for index in [*indexes, -1]:  # -1 ends the last run
+            same = run and index >= 0 and _same(probes[run[0]], probes[index])
+            if same or not run:
+                run.append(index)
+                continue
+            placed += _folded_run(probes, run, keep)
+            run = [index]
+    placed.sort(key=lambda pair: pair[0])
+    return [line for _, line in placed]
+
+
+def _same(a: Probe, b: Probe) -> bool:
+    return a.outcome == b.outcome and a.passed == b.passed
+
+
+def _folded_run(
+    probes: Sequence[Probe], run: list[int], keep: int
+) -> list[tuple[int, Probe | Folded]]:
+    if len(run) <= keep:
+        return [(i, probes[i]) for i in run]
+    first, last = probes[run[0]], probes[run[-1]]
+    middle = [probes[i] for i in run[1:-1]]
+    apart = (_at(last) - _at(first)) / (len(run) - 1)
+    latencies = [p.latency_ms for p in middle]
+    folded = Folded(middle[0], len(middle), apart, (min(latencies), max(latencies)))
+    return [(run[0], first), (run[1], folded), (run[-1], last)]
+
+
 class Check(Protocol):
     """One way of asking whether the service is healthy."""
 
@@ -238,6 +312,8 @@ class CommandCheck:
 
 #: Something that ends a wait early: returns why (a container exited), or "".
 Watch = Callable[[], str]
+#: Told after each round that did not pass: seconds waited, and that round's probes.
+OnRound = Callable[[float, Sequence[Probe]], None]
 
 
 @dataclass
@@ -332,9 +408,11 @@ def poll(
     expected_code: int = 200,
     watch: Watch | None = None,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    on_round: OnRound | None = None,
 ) -> HealthResult:
     """Probe every check each ``interval`` until all pass in one round, ``timeout``
-    passes, or ``watch`` says waiting is pointless.
+    passes, or ``watch`` says waiting is pointless; ``on_round`` hears of each round
+    that did not pass.
 
     Rounds start ``interval`` apart (sooner ones wait, slow ones are followed at
     once); the last one may start at the deadline and is given one interval.
@@ -349,6 +427,8 @@ def poll(
         began = time.monotonic()
         if _round(checks, clock, probes):
             return result(True)
+        if on_round is not None:
+            on_round(clock.elapsed(), probes[-len(checks) :])
         stopped = watch() if watch else ""
         if stopped:
             return result(False, stopped)
@@ -395,8 +475,10 @@ def poll_with_backoff(
     *,
     expected_code: int = 200,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    on_round: OnRound | None = None,
 ) -> HealthResult:
-    """Rounds of every check with exponential backoff until all pass or ``budget`` passes.
+    """Rounds of every check with exponential backoff until all pass or ``budget`` passes
+    (``on_round`` hears of each round that did not).
 
     Pauses follow ``backoff_delays``; the time probes take counts against the
     budget; the last pause is cut so the final round starts at the budget.
@@ -406,6 +488,8 @@ def poll_with_backoff(
     for delay in backoff_delays(first_delay, factor, max_delay):
         if _round(checks, clock, probes):
             return HealthResult(True, expected_code, budget, clock.elapsed(), probes)
+        if on_round is not None:
+            on_round(clock.elapsed(), probes[-len(checks) :])
         if clock.remaining() <= 0:
             break
         time.sleep(min(delay, clock.remaining()))

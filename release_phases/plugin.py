@@ -12,7 +12,9 @@ only for a release run: plain `pytest` elsewhere imports none of the machinery
 - `Selection` applies `--from` and a phase-aware `-k`, and registers the steps
   an earlier run completed as passed, so that what the selection runs may start;
 - `Record` tells the ledger what each step did and has the journal write it,
-  then prints the ledger's summary.
+  then prints the ledger's summary;
+- `Telling` prints the configuration in pytest's header and, while steps run,
+  their progress (`progress.say`).
 
 pytest-dependency's gaps, closed here and nowhere else:
 1. With `-k` or `--from`, a dependent whose dependency was deselected is merely
@@ -25,6 +27,7 @@ pytest-dependency's gaps, closed here and nowhere else:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -257,6 +260,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(Selection(ctx, expr), "release-selection")
     record = Record(ctx, ledger, config)
     config.pluginmanager.register(record, "release-record")
+    config.pluginmanager.register(Telling(ctx, config), "release-telling")
     if config.pluginmanager.hasplugin("html"):
         from release_phases.report import ReportDetails  # only with pytest-html
 
@@ -264,6 +268,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    from release_phases import progress
+
+    progress.install(None)
     ctx = config.stash.get(CONTEXT, None)
     html = config.getoption("htmlpath", None)
     if ctx is not None and html and Path(html).exists():
@@ -560,6 +567,49 @@ def _count(items: Sequence[pytest.Item]) -> dict[str, int]:
         if phase:
             counts[phase] = counts.get(phase, 0) + 1
     return counts
+
+
+class Telling:
+    """Where the run stands, on the terminal: its configuration in pytest's header, and
+    the progress of long steps (`progress.say`) while they run, unless `-q`."""
+
+    def __init__(self, ctx: ReleaseContext, config: pytest.Config) -> None:
+        from release_phases import progress
+
+        self.ctx = ctx
+        self.config = config
+        if config.get_verbosity() >= 0:
+            progress.install(self.write_line)
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        from release_phases import progress
+        from release_phases.manifest import Health
+
+        options = self.ctx.options
+        if options.mode not in ("release", "revert"):
+            return []
+        try:
+            compose = str(self.ctx.host.compose)  # detected once, for the run's steps too
+        except ReleaseError as exc:  # the readiness step says so, as a failure
+            compose = f"none found ({exc.what.splitlines()[0]})"
+        lines = progress.header(options, compose, Health().timeout)
+        return [masking.mask(line) for line in lines]
+
+    def write_line(self, line: str) -> None:
+        """A whole line on the terminal while a step runs. Past the step's output
+        capture, as pytest's own live logging writes; pytest's reporter first ends a
+        line it left open (`test_migrate.py .`)."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        # From a --parallel thread too: `progress.say` holds its lock, so one line at a
+        # time suspends the capture. pytest's capture is not per thread: output of the
+        # main thread in that moment is shown rather than captured, and a line written
+        # just as the main thread starts or ends a step may land in that step's
+        # captured output instead. Suspending and resuming twice is harmless.
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.write_line(line)
 
 
 class Record:

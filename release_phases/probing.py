@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from release_phases import health
+from release_phases import health, progress
 from release_phases.context import ReleaseContext
+from release_phases.errors import ReleaseError
 from release_phases.health import Check, HealthResult
 from release_phases.host.compose import LOG_TAIL, ComposeProject
 from release_phases.host.shell import INTERRUPTED, Result, render
@@ -117,9 +118,11 @@ def wait_until_healthy(
             manifest.health.timeout,
             expected_code=manifest.health.expected_code,
             watch=watch(ctx, project),
+            on_round=telling(manifest.service),
         )
     finally:
         _close(found)
+    told(manifest.service, probed)
     step.detail("health probes", probe_table(probed))
     if not probed.ok:
         keep_logs(ctx, project, step)
@@ -130,24 +133,77 @@ def check_health(ctx: ReleaseContext, manifest: Manifest, project: ComposeProjec
     """Every declared check, retried with exponential backoff within CHECK_BUDGET."""
     found = checks(ctx, manifest, project)
     try:
-        return health.poll_with_backoff(
-            found, CHECK_BUDGET, expected_code=manifest.health.expected_code
+        probed = health.poll_with_backoff(
+            found,
+            CHECK_BUDGET,
+            expected_code=manifest.health.expected_code,
+            on_round=telling(manifest.service),
         )
     finally:
         _close(found)
+    told(manifest.service, probed)
+    return probed
+
+
+def telling(service: str) -> health.OnRound:
+    """A wait's progress: every few seconds, how long so far and what each check said."""
+    every = progress.Every()
+
+    def on_round(elapsed: float, last_round: Sequence[health.Probe]) -> None:
+        if every.due(elapsed):
+            progress.say(service, progress.waiting(elapsed, last_round))
+
+    return on_round
+
+
+def told(service: str, result: HealthResult) -> None:
+    """The wait's last progress line: how it ended."""
+    progress.say(service, f"{'healthy' if result.ok else 'not healthy'}: {result.summary}")
 
 
 def keep_logs(ctx: ReleaseContext, project: ComposeProject, step: Step) -> None:
-    """The containers' log tail, into the step's report details."""
+    """The containers' log tail, into the step's report details. When there is none,
+    it says why: a container that printed nothing, or none there to print."""
     who = step.service or " ".join(project.services)
-    step.detail(f"container logs of {who} (last {LOG_TAIL} lines)", ctx.host.logs(project))
+    tail = ctx.host.logs(project)
+    if not tail.strip():
+        tail = printed_nothing(ctx, project)
+    step.detail(f"container logs of {who} (last {LOG_TAIL} lines)", tail)
+
+
+def printed_nothing(ctx: ReleaseContext, project: ComposeProject) -> str:
+    """What an empty log tail means: which containers there are, and in what state."""
+    try:
+        containers = ctx.host.engine.containers_of_all(project.name, project.services)
+    except ReleaseError as exc:
+        return f"`compose logs` printed nothing, and the engine did not answer: {exc.what}"
+    if not containers:
+        return (
+            f"no container of {' '.join(project.services)} exists in project {project.name}:"
+            " there is no log to read"
+        )
+    states = ", ".join(
+        f"{c.name} {'created, never started' if c.status == 'created' else c.status}"
+        for c in containers
+    )
+    many = len(containers) > 1
+    return f"the container{'s' if many else ''} printed nothing ({states})"
 
 
 def probe_table(result: HealthResult) -> str:
-    """Every probe, a line each: when, what it heard (and of what), how long it took."""
-    rows = [f"{'time':<26} {'outcome':<40} latency"]
-    for p in result.probes:
-        outcome = p.outcome if p.kind == "endpoint" else f"{p.kind} {p.target}: {p.outcome}"
-        rows.append(f"{p.at:<26} {outcome:<40} {p.latency_ms:.0f} ms")
+    """Every probe, a line each: when, what it heard (and of what), how long it took;
+    a run of the same answer folded (`health.fold`) between its first and last probe."""
+    rows = [f"{'time':<29} {'outcome':<40} latency"]
+    for line in health.fold(result.probes):
+        p = line.sample if isinstance(line, health.Folded) else line
+        outcome = line.outcome
+        if p.kind != "endpoint":
+            outcome = f"{p.kind} {p.target}: {outcome}"
+        if isinstance(line, health.Folded):
+            low, high = line.latency_ms
+            span = f"{low:.0f} ms" if round(low) == round(high) else f"{low:.0f}-{high:.0f} ms"
+            rows.append(f"{'  ...':<29} {outcome:<40} {span}")
+        else:
+            rows.append(f"{p.at:<29} {outcome:<40} {p.latency_ms:.0f} ms")
     rows.append(result.summary)
     return "\n".join(rows)

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import islice, pairwise
 
 import pytest
 
 from release_phases.health import (
+    Folded,
     HealthResult,
     Probe,
     backoff_delays,
     backoff_schedule,
     check_with_backoff,
+    fold,
     wait_healthy,
 )
+from release_phases.probing import probe_table
 from selftests.support.deployrepo import free_port
 
 # -- pure logic ------------------------------------------------------------------------------
@@ -60,6 +64,90 @@ def test_summaries_read_as_an_operator_needs_them() -> None:
     refused = HealthResult(False, 200, 2.5, 2.6, [_probe(None, "ConnectError: refused")])
     assert refused.summary.startswith("timed out after 2.5s: last probe failed: ConnectError")
     assert HealthResult(False, 200, 1, 1.0).last is None
+
+
+def _at(seconds: float) -> str:
+    return (datetime(2024, 5, 1, 3, tzinfo=UTC) + timedelta(seconds=seconds)).isoformat(
+        timespec="milliseconds"
+    )
+
+
+def _answers(*said: tuple[float, int | None], kind: str = "endpoint") -> list[Probe]:
+    """Probes at (seconds, status): an HTTP status, or None for a TCP refusal."""
+    return [
+        Probe(
+            at=_at(t),
+            status=code,
+            kind=kind,
+            target=f"{kind}-target",
+            latency_ms=2.0 + i,
+            passed=code == 200,
+            said="" if kind == "endpoint" else "refused",
+        )
+        for i, (t, code) in enumerate(said)
+    ]
+
+
+def _shown(lines: list[Probe | Folded]) -> list[str]:
+    return [line.outcome for line in lines]
+
+
+def test_a_run_of_the_same_answer_is_folded_between_its_first_and_last_probe() -> None:
+    probes = _answers(*((0.2 * i, 404) for i in range(36)), (7.2, 200))
+    lines = fold(probes)
+    assert _shown(lines) == ["got 404", "got 404 x34, 0.2 s apart", "got 404", "got 200"]
+    first, folded, last, healthy = lines
+    assert (first, last, healthy) == (probes[0], probes[35], probes[36]), "kept exact"
+    assert isinstance(folded, Folded) and folded.latency_ms == (3.0, 36.0)
+
+
+@pytest.mark.parametrize(
+    ("statuses", "shown"),
+    [
+        ([500, 500, 500], ["got 500"] * 3),  # nothing gained by folding one
+        ([500, 500], ["got 500"] * 2),
+        ([], []),
+        (
+            [500, 500, 500, 500, 502, 500, 500, 500, 500, 500],
+            [
+                "got 500",
+                "got 500 x2, 0.15 s apart",
+                "got 500",
+                "got 502",
+                "got 500",
+                "got 500 x3, 0.15 s apart",
+                "got 500",
+            ],
+        ),
+    ],
+)
+def test_only_a_run_longer_than_three_is_folded(statuses, shown) -> None:
+    probes = _answers(*((0.15 * i, code) for i, code in enumerate(statuses)))
+    assert _shown(fold(probes)) == shown
+
+
+def test_checks_probed_in_turn_are_folded_each_on_its_own_in_probe_order() -> None:
+    http = _answers(*((0.3 * i, 503) for i in range(6)))
+    tcp = _answers(*((0.3 * i + 0.1, None) for i in range(6)), kind="tcp")
+    rounds = [probe for pair in zip(http, tcp, strict=True) for probe in pair]
+    lines = fold(rounds)
+    assert _shown(lines) == [
+        "got 503",
+        "refused",
+        "got 503 x4, 0.3 s apart",
+        "refused x4, 0.3 s apart",
+        "got 503",
+        "refused",
+    ]
+
+
+def test_the_probe_table_shows_a_folded_run_on_one_line() -> None:
+    probes = _answers(*((0.2 * i, 404) for i in range(36)))
+    table = probe_table(HealthResult(False, 200, 7, 7.0, probes)).splitlines()
+    assert len(table) == 1 + 3 + 1, table  # header, first, folded, last, summary
+    assert table[1].startswith(_at(0)) and table[3].startswith(_at(7))
+    assert re.fullmatch(r"\s+\.\.\.\s+got 404 x34, 0\.2 s apart\s+3-36 ms", table[2]), table[2]
+    assert table[4].startswith("timed out after 7s: last probe got 404")
 
 
 # -- real servers ----------------------------------------------------------------------------

@@ -15,10 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from release_phases.report import ReportDetails
+from release_phases.report import ReportDetails, next_steps, step_html
 from release_phases.steps import STEP, Step
 from selftests.support import engine
-from selftests.support.browser import Element, Page, find_chromium, screenshot
+from selftests.support.browser import Element, Page, find_chromium, low_contrast, screenshot
 from selftests.support.scenario import v1_running_v2_merged
 
 DURATION = re.compile(r"(\d+m )?\d+s")
@@ -91,6 +91,56 @@ def test_a_steps_details_go_with_its_call_or_its_failed_setup(when, failed, show
     assert contents == ([expected] if shown else [])
 
 
+@pytest.mark.parametrize(
+    ("text", "steps"),
+    [
+        (
+            "fix the cause, then pytest -m release --ticket 1 --from=migrate   or roll back:"
+            " pytest -m revert --ticket 1",
+            [
+                "fix the cause, then pytest -m release --ticket 1 --from=migrate",
+                "or roll back: pytest -m revert --ticket 1",
+            ],
+        ),
+        (
+            "make more than 2.0 MiB free on the filesystem of /b (`df -h /b`); then"
+            " pytest -m release --ticket 1 --base-sha abc1234",
+            [
+                "make more than 2.0 MiB free on the filesystem of /b (`df -h /b`)",
+                "then pytest -m release --ticket 1 --base-sha abc1234",
+            ],
+        ),
+        (  # one sentence: "nothing" is no step of its own
+            "nothing; to roll back this release: pytest -m revert --ticket 1",
+            ["nothing; to roll back this release: pytest -m revert --ticket 1"],
+        ),
+        (
+            "see the error above, then pytest -m release --ticket 1",
+            ["see the error above, then pytest -m release --ticket 1"],
+        ),
+        ("", []),
+    ],
+)
+def test_the_next_command_is_split_into_the_steps_it_offers(text, steps):
+    assert next_steps(text) == steps
+
+
+def test_a_steps_commands_are_code_each_on_its_own():
+    assert step_html("or roll back: pytest -m revert --ticket 1") == (
+        "or roll back: <code>pytest -m revert --ticket 1</code>"
+    )
+    assert step_html("see why with `docker logs x >&2`; fix it, then pytest -m release") == (
+        "see why with <code>docker logs x &gt;&amp;2</code>; fix it, then "
+        "<code>pytest -m release</code>"
+    )
+    assert step_html("nothing") == "nothing"
+
+
+def _before(page: Page, first: str, then: str) -> bool:
+    ids = [element.attrs.get("id") for element in page.body.find_all()]
+    return ids.index(first) < ids.index(then)
+
+
 @pytest.mark.docker
 def test_a_failed_release_reads_as_a_post_mortem(chromium, deploy, make_service, tmp_path):
     v1_running_v2_merged(deploy, make_service, v2_health={"api": "error"}, timeout=2)
@@ -102,6 +152,15 @@ def test_a_failed_release_reads_as_a_post_mortem(chromium, deploy, make_service,
     top = page.body.find("section", "release")
     text = _flat(top.text())
     facts = _facts(top)
+    assert _before(page, "release", "environment"), "the outcome first, pytest-html's table after"
+    assert low_contrast(chromium, _report(run)) == [], "no text too faint to read"
+    steps = top.find("ul", "next").find_all("li")
+    commands = [[_flat(code.text()) for code in li.find_all("code")] for li in steps]
+    assert len(commands) == 2 and all(len(c) == 1 for c in commands), commands
+    resume, roll_back = commands[0][0], commands[1][0]
+    assert resume.startswith("pytest -m release --ticket 1234") and "--from=migrate" in resume
+    assert roll_back.startswith("pytest -m revert --ticket 1234")
+    assert _flat(steps[1].text()).startswith("or roll back:")
     assert facts["ticket"] == "1234"
     assert facts["outcome"] == "FAILED in migrate on api"
     assert facts["stopped"] == "phase migrate, service api, step health (rc 1)"
@@ -143,6 +202,9 @@ def test_a_failed_release_reads_as_a_post_mortem(chromium, deploy, make_service,
     assert "--no-deps --force-recreate" in details
     assert re.search(r"health probes time outcome latency \S+Z? got 500 \d+ ms", details), details
     assert "timed out after 2s: last probe got 500" in details
+    # 2 s of the same 500 every 0.15 s: its first and last probe, and one line between.
+    assert re.search(r"\.\.\. got 500 x\d+, [\d.]+ s apart \d+(-\d+)? ms", details), details
+    assert len(re.findall(r"\S+Z? got 500 \d+ ms", details)) == 2, details
     assert "container logs of api (last 200 lines)" in details
     assert "health check failed: broken" in details, "the container's own log lines"
 
@@ -190,3 +252,21 @@ def test_a_complete_release_shows_each_image_expected_against_actual(
     assert re.search(rf"actual \S+ \(running\): {re.escape(expected)} = sha256:\w+", details)
     health = _flat(rows["test_verify.py::test_health[api]"].text(visible=False))
     assert "health probes" in health and "got 200" in health
+
+
+@pytest.mark.docker
+def test_a_container_that_printed_nothing_is_said_to_have_printed_nothing(
+    chromium, deploy, make_service
+):
+    v1_running_v2_merged(deploy, make_service, ("api",), v2_health={"api": "silent"}, timeout=2)
+    run = engine.run(deploy.prod, "1234")
+    assert run.rc == 1, run
+    page = Page.open(chromium, _report(run))
+    top = _flat(page.body.find("section", "release").text())
+    assert "read the container logs in the report" in top
+    details = _flat(
+        _rows(page)["test_migrate.py::test_migrate[api]"].find("tr", "extras-row").text()
+    )
+    logs = details.split("container logs of api (last 200 lines)", 1)[1]
+    assert re.match(r" the container printed nothing \(\S+api-1 running\)", logs), logs
+    assert "(empty)" not in details

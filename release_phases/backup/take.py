@@ -10,6 +10,7 @@ import posixpath
 import re
 import shutil
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import docker.errors
 from docker.models.containers import Container
 from docker.models.volumes import Volume
 
-from release_phases import atomic, clock
+from release_phases import atomic, clock, progress
 from release_phases.backup.deployed import VOLUME_MOUNT, Deployed, helper
 from release_phases.backup.record import (
     RECORD_NAME,
@@ -242,15 +243,18 @@ class Writer:
             # Only what this writer created goes: a half backup must not look like one.
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def save(self, chunks: Iterable[bytes], name: str) -> str:
+    def save(self, chunks: Iterable[bytes], name: str, what: str) -> str:
         """Write an archive the engine streams into the directory, as `atomic.write`
-        does; its sha256. What reached the disk is counted, a failed write's part too.
+        does; its sha256. What reached the disk is counted, a failed write's part too;
+        how much has come is told as it comes (``what``: `volume web-data`).
 
         The stream is closed however the write ends: an archive stream left open
         holds its container busy, so removing the helper after a failed write would
         wait for the SDK's read timeout (a minute) instead of failing at once.
         """
         digest = hashlib.sha256()
+        meter = progress.Meter(self.deployed.service, what)
+        count = 0
         try:
             with atomic.replacing(self.directory / name) as tmp:
                 try:
@@ -258,15 +262,18 @@ class Writer:
                         for chunk in chunks:
                             digest.update(chunk)
                             fh.write(chunk)
+                            count += len(chunk)
+                            meter.update(count)
                 finally:
                     self.written += tmp.stat().st_size
+            meter.end(count)
             return digest.hexdigest()
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
 
-    def save_output(self, argv: list[str], name: str) -> str:
+    def save_output(self, argv: list[str], name: str, what: str) -> str:
         """Write what a command prints (an archive made on this host) into the directory
         as `save` does; its sha256, taken while the command writes: a thread reads the
         file just behind it, from the page cache, so the checksum costs no second pass.
@@ -275,7 +282,8 @@ class Writer:
         normal state, as it is for the API's archive; anything else fails the backup.
         """
         with atomic.replacing(self.directory / name) as tmp:
-            with _Follower(tmp) as follower:
+            meter = progress.Meter(self.deployed.service, what)
+            with _Follower(tmp, meter) as follower:
                 result = self.deployed.host.run(argv, timeout=None, check=False, stdout_to=tmp)
             self.written += tmp.stat().st_size
             if not result.ok and shutil.disk_usage(self.directory).free < FULL:
@@ -289,6 +297,7 @@ class Writer:
                     next_command=f"see why with `{render(argv)} > /dev/null`, then run the"
                     " same command again",
                 )
+        meter.end(follower.count)
         return follower.hexdigest()
 
     @contextmanager
@@ -321,23 +330,23 @@ class Writer:
         existing = next(d for d in (where, *where.parents) if d.exists())
         free = shutil.disk_usage(existing).free
         said = "disk quota exceeded" if exc.errno == errno.EDQUOT else "no space left on device"
-        needs = _size(max(free, self.written))
+        needs = progress.size(max(free, self.written))
         filled = (
-            f"it filled after {_size(self.written)} had been written"
+            f"it filled after {progress.size(self.written)} had been written"
             if self.written
             else "it was full before anything was written"
         )
         return ReleaseError(
             f"backup of {self.deployed.service} into {self.directory} failed: {said} on"
             f" the filesystem of {where}: {filled}; with the partial backup removed"
-            f" {_size(free)} is free there, and the backup needs more than {needs}",
+            f" {progress.size(free)} is free there, and the backup needs more than {needs}",
             untouched=(
                 f"{self.deployed.service} and its data: the backup only read them; no"
                 f" backup was kept ({self.directory} was removed)"
             ),
             # The backup filled what was free: as much again is the least that could do.
             next_command=f"make more than {needs} free on the filesystem of {where}, where"
-            f" {_size(free)} is free now (`df -h {where}`)",
+            f" {progress.size(free)} is free now (`df -h {where}`)",
         )
 
 
@@ -346,10 +355,19 @@ def write_backup(
 ) -> BackupRecord:
     """Archive ``sources`` into ``directory``; a directory with a record is complete."""
     writer = Writer(deployed, directory, stamp, note=note)
+    began = time.monotonic()
     with writer.guard():
         for number, source in enumerate(sources, start=1):
             writer.add(number, source)
-        return writer.finish()
+        record = writer.finish()
+    files = len(record.archives)
+    if files:  # a service that declares nothing to save has nothing to tell
+        progress.say(
+            deployed.service,
+            f"backup {stamp}: {progress.size(writer.written)} in {files}"
+            f" file{'' if files == 1 else 's'}, {time.monotonic() - began:.1f} s",
+        )
+    return record
 
 
 def _archive(writer: Writer, source: Source, archive: str) -> Entry:
@@ -363,12 +381,14 @@ def _archive(writer: Writer, source: Source, archive: str) -> Entry:
             # The same archive as the API's, made where the files are: tar reads them
             # from the host's page cache instead of the daemon streaming them over its
             # socket, about twice as fast for a large volume (bench/backup.py).
-            sha = writer.save_output(archive_argv(local, VOLUME_MOUNT.lstrip("/")), archive)
+            sha = writer.save_output(
+                archive_argv(local, VOLUME_MOUNT.lstrip("/")), archive, f"volume {source.name}"
+            )
         else:
             image = _require_image(deployed, source.target)
             with helper(deployed, image, source.target, read_only=True) as mounted:
                 chunks, _ = mounted.get_archive(VOLUME_MOUNT)
-                sha = writer.save(chunks, archive)
+                sha = writer.save(chunks, archive, f"volume {source.name}")
         config = VolumeConfig.of(source.volume)
         return Entry("volume", source.name, source.target, False, archive, sha, volume=config)
     container = source.container
@@ -388,7 +408,7 @@ def _archive(writer: Writer, source: Source, archive: str) -> Entry:
                 f" it: docker exec {container.name} mkdir -p {source.target}"
             ),
         ) from None
-    sha = writer.save(chunks, archive)
+    sha = writer.save(chunks, archive, f"path {source.target}")
     return Entry("path", source.name, source.target, False, archive, sha, str(container.name))
 
 
@@ -410,7 +430,11 @@ def _dump(writer: Writer, source: Source, name: str) -> Entry:
     argv = deployed.project.exec(source.target, dump.command)
     path = directory / name
     with atomic.replacing(path) as tmp:
-        result = deployed.host.run(argv, timeout=source.timeout, check=False, stdout_to=tmp)
+        meter = progress.Meter(deployed.service, "dump", verb="streamed")
+        # The dump's bytes go from compose to the file without passing through here:
+        # the file's size says how far it got.
+        with progress.ticking(lambda: meter.update(_size_of(tmp)), seconds=1.0):
+            result = deployed.host.run(argv, timeout=source.timeout, check=False, stdout_to=tmp)
         if not result.ok and shutil.disk_usage(directory).free < FULL:
             writer.written += tmp.stat().st_size
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
@@ -439,6 +463,7 @@ def _dump(writer: Writer, source: Source, name: str) -> Entry:
                 rc=result.returncode if result.returncode > 0 else 1,
             )
     writer.written += path.stat().st_size
+    meter.end(path.stat().st_size, always=True)
     sha = sha256_file(path)
     held = str(container.name)
     return Entry("dump", source.name, source.target, False, name, sha, held, dump=dump)
@@ -456,16 +481,11 @@ def _require_image(deployed: Deployed, volume: str) -> str:
     return image
 
 
-def _size(count: int) -> str:
-    """Bytes as an operator reads them: `6.0 MiB`."""
-    if count < 1024:
-        return f"{count} B"
-    value = count / 1024
-    for unit in ("KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # not there yet, or gone: nothing to tell
+        return 0
 
 
 def _slug(name: str) -> str:
@@ -475,8 +495,10 @@ def _slug(name: str) -> str:
 class _Follower:
     """Checksums a file while another process is still writing it (see `save_output`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, meter: progress.Meter) -> None:
         self.path = path
+        self.meter = meter
+        self.count = 0
         self.digest = hashlib.sha256()
         self.ended = threading.Event()
         self.failed: OSError | None = None
@@ -502,6 +524,8 @@ class _Follower:
                     chunk = fh.read(FOLLOW_CHUNK)
                     if chunk:
                         self.digest.update(chunk)
+                        self.count += len(chunk)
+                        self.meter.update(self.count)
                     elif self.ended.is_set():
                         # The writer is gone: what is left was read above, to the end.
                         return

@@ -151,3 +151,58 @@ class Page:
 
     def text(self, *, visible: bool = True) -> str:
         return " ".join(self.body.text(visible=visible).split())
+
+
+#: Run in the page once it has loaded: every visible element with text of its own whose
+#: colour is below 4.5:1 (WCAG's minimum for body text) against the background it is
+#: drawn on, as "tag ratio text"; written into the page for --dump-dom to carry out.
+_CONTRAST = """<script>
+window.addEventListener("load", function () {
+  function rgba(text) { return (text.match(/[\\d.]+/g) || []).map(Number); }
+  function luminance(c) {
+    var lin = c.slice(0, 3).map(function (v) {
+      v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+    });
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2];
+  }
+  function background(el) {
+    for (; el; el = el.parentElement) {
+      var c = rgba(getComputedStyle(el).backgroundColor);
+      if (c.length === 3 || c[3] > 0) { return c; }
+    }
+    return [255, 255, 255];
+  }
+  var low = [];
+  document.querySelectorAll("body *").forEach(function (el) {
+    var own = Array.prototype.some.call(el.childNodes, function (n) {
+      return n.nodeType === 3 && n.textContent.trim();
+    });
+    var style = getComputedStyle(el);
+    if (!own || !el.getClientRects().length || style.visibility === "hidden") { return; }
+    var fg = luminance(rgba(style.color)), bg = luminance(background(el));
+    var ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+    if (ratio < 4.5) {
+      low.push(el.tagName.toLowerCase() + " " + ratio.toFixed(2) + " " +
+               el.textContent.trim().slice(0, 50));
+    }
+  });
+  var out = document.createElement("pre");
+  out.id = "rp-contrast";
+  out.textContent = JSON.stringify(low);
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def low_contrast(binary: str, path: Path) -> list[str]:
+    """The text of the page, as rendered, drawn in a colour too faint to read."""
+    import json
+
+    html = path.read_text()
+    with tempfile.TemporaryDirectory(prefix="rp-contrast-") as tmp:
+        probed = Path(tmp) / path.name
+        before, end, after = html.rpartition("</body>")
+        probed.write_text(before + _CONTRAST + end + after)
+        page = parse(dump_dom(binary, probed.as_uri()))
+    found: list[str] = json.loads(page.find("body").by_id("rp-contrast").text())
+    return found

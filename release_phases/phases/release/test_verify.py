@@ -23,5 +23,7 @@ def test_image(release: ReleaseContext, step: Step, service: str) -> None:
 def test_health(release: ReleaseContext, step: Step, service: str) -> None:
     check, result = verify.health_of(release, service)
     step.detail("health probes", probing.probe_table(result))
+    if not result.ok:
+        probing.keep_logs(release, release.project(release.manifest(service)), step)
     step.log_fields.update(probes=str(len(result.probes)), health=result.summary)
     check.require()

@@ -54,4 +54,6 @@ def test_reverted_health(release: ReleaseContext, step: Step, service: str) -> N
         pytest.skip(f"{service} did not exist before the release")
     check, result = verify.health_of(release, service)
     step.detail("health probes", probing.probe_table(result))
+    if not result.ok:
+        probing.keep_logs(release, release.project(release.manifest(service)), step)
     check.require()

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from release_phases import PHASES, atomic, masking, selection
+from release_phases import PHASES, masking, selection
 from release_phases.errors import ConfigError, ReleaseError
 from release_phases.host.shell import INTERRUPTED
 from release_phases.ledger import CHECK, ORDINARY, WAVE, Failure, Ledger, dependencies
@@ -244,9 +244,7 @@ def pytest_configure(config: pytest.Config) -> None:
         from release_phases import clock
 
         name = f"{ctx.ticket}-{mode}-{clock.stamp()}.html"
-        # The report quotes logs and outputs of production services: owner only.
-        atomic.private_dir(ctx.paths.reports)
-        config.option.htmlpath = str(ctx.paths.reports / name)
+        config.option.htmlpath = str(ctx.paths.make_reports() / name)
         config.option.self_contained_html = True
     ledger = Ledger(phases=ctx.phases, start_phase=ctx.plan.start_phase)
     config.pluginmanager.register(Steps(ctx), "release-steps")

@@ -29,6 +29,9 @@ def test_a_release_moves_both_services_to_the_new_image(deploy, make_service, do
         ("test_migrate", "api"),
         ("test_migrate", "web"),
     ]
+    # The backups, the state file, the log and the report: none of it for git to list.
+    assert (deploy.prod / "reports").is_dir() and (deploy.prod / ".asd").is_dir()
+    assert deploy.prod_repo.git.status("--porcelain", "--untracked-files=all") == ""
 
 
 def test_a_500_halts_at_that_service_and_leaves_later_ones_untouched(

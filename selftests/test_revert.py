@@ -78,6 +78,7 @@ def test_a_completed_release_is_reverted(deploy, released_with_data, docker_clie
     assert prod.head.commit.parents[0].hexsha == release_run.state.merge_sha
     assert run.event("revert", "done")
     assert "pytest -m revert" not in run.output.split("next:")[-1]
+    assert prod.git.status("--porcelain", "--untracked-files=all") == ""
 
 
 def test_a_release_that_failed_in_migrate_is_reverted(deploy, make_service, docker_client):

@@ -2,8 +2,10 @@
 
 `pytest_configure` resolves the options, the state file and the plan into one
 `ReleaseContext`, whole before any step runs, and registers the classes below
-only for a release run: plain `pytest` elsewhere imports none of the machinery
-(Docker, git, HTTP) and costs nothing.
+only for a release run (`for_the_engine`): `-m release` with one of the engine's
+options, or in a deploy repository. Anywhere else the plugin stays out, even of a
+project's own `release` marker, and imports none of the machinery (Docker, git,
+HTTP, pydantic): this module's imports are pure Python of the standard library.
 
 - `Steps` gives the fixtures and one step per planned service;
 - `Halting` gives each step its pytest-dependency mark: a step depends on the
@@ -37,7 +39,6 @@ import pytest
 
 from release_phases import PHASES, masking, selection
 from release_phases.errors import ConfigError, ReleaseError
-from release_phases.host.shell import INTERRUPTED
 from release_phases.ledger import CHECK, ORDINARY, WAVE, Failure, Ledger, dependencies
 from release_phases.options import Options, validate_branch, validate_sha, validate_ticket
 from release_phases.steps import STEP, Step
@@ -134,6 +135,39 @@ def run_mode(config: pytest.Config) -> str | None:
     return next((mode for mode in MODES if expr.evaluate(selection.only(mode))), None)
 
 
+#: The engine's own options: any of them given makes `-m release` the engine's run.
+ENGINE_OPTIONS = (
+    "ticket",
+    "repo",
+    "from_phase",
+    "base_sha",
+    "parallel",
+    "skip_git",
+    "skip_data",
+    "force_allow_non_main",
+)
+
+
+def for_the_engine(config: pytest.Config) -> bool:
+    """Is this `-m release` (revert, return_to_main) run the engine's?
+
+    Yes when one of the engine's options is given (`--ticket`, `--repo`, ...), when
+    the ini file names a `release_repo`, or when the current directory, where the
+    engine looks for the deploy repository, is one: it holds a
+    `packages/<service>/manifest.yaml`. Otherwise the marker is the project's own,
+    and its tests run as if the plugin were not installed.
+    """
+    if any(config.getoption(name) for name in ENGINE_OPTIONS):
+        return True
+    if config.getoption("branch") != "main" or config.getini("release_repo"):
+        return True
+    return is_deploy_repo(Path.cwd())
+
+
+def is_deploy_repo(path: Path) -> bool:
+    return any(path.glob("packages/*/manifest.yaml"))
+
+
 def options_from(config: pytest.Config, mode: str) -> Options:
     """The run's options from the command line and the ini file, checked."""
     given = config.getoption("ticket")
@@ -202,6 +236,9 @@ def _ini_number(config: pytest.Config, name: str, default: float) -> float:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    mode = run_mode(config)
+    if mode is None or not for_the_engine(config):
+        return  # not a release run: no marker, no class, no import of the machinery
     for name in MODES:
         config.addinivalue_line("markers", f"{name}: a step of release-phases' {name} run")
     config.addinivalue_line("markers", "phase(name): the release phase a step belongs to")
@@ -215,9 +252,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "not_with(option, reason): a step that does not apply when the run's option is set",
     )
-    mode = run_mode(config)
-    if mode is None:
-        return
     # The machinery loads here, for a release run only.
     from release_phases.context import ReleaseContext
 
@@ -664,6 +698,10 @@ class Record:
             rc=128 + signum,
             step=name,
         )
+        # Imported here: the host package loads Compose's and the manifest's machinery,
+        # which a pytest run outside a deploy repository must not pay for.
+        from release_phases.host.shell import INTERRUPTED
+
         INTERRUPTED.set()  # commands and waits under way in --parallel threads end too
         raise KeyboardInterrupt(name)
 

@@ -255,7 +255,7 @@ class Ledger:
 
     def next_command(self, options: Options, state: State) -> str:
         """What the operator runs next, given the state as this run leaves it."""
-        revert = f"pytest -m revert --ticket {options.ticket}"
+        revert = options.command(mode="revert")
         extra = state.extra
         failure = self.first_failure
         if failure is not None:

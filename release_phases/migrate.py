@@ -295,7 +295,7 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
             untouched="the services after it: they were not touched; "
             f"{service} runs the new containers, unhealthy",
             next_command=f"read the container logs in the report, fix, then {resume}"
-            f"   or roll back: pytest -m revert --ticket {ctx.ticket}",
+            f"   or roll back: {ctx.options.command(mode='revert')}",
             step="health",
         )
     try:

@@ -107,7 +107,7 @@ def refuse_fresh_over(options: Options, paths: Paths, saved: State | None) -> No
     if saved is None or saved.finished or not saved.done("prepare"):
         return
     where = f"PHASE={saved.phase} PHASE_STATUS={saved.phase_status} in {paths.state}"
-    revert = f"pytest -m revert --ticket {options.ticket}"
+    revert = options.command(mode="revert")
     if saved.phase == "revert":
         raise ConfigError(
             f"ticket {options.ticket} is being reverted ({where}); a release cannot start over it",
@@ -341,9 +341,8 @@ def plan_resume(options: Options, start_phase: str, paths: Paths, found: State |
         raise ConfigError(
             f"ticket {ticket} was reverted (PHASE=revert PHASE_STATUS={saved.phase_status} "
             f"in {paths.state}): a reverted release cannot be resumed",
-            next_command=f"finish the revert if it failed (pytest -m revert --ticket "
-            f"{ticket}); to ship the ticket again, merge it again and run "
-            f"pytest -m release --ticket {ticket}",
+            next_command=f"finish the revert if it failed ({options.command(mode='revert')}); "
+            f"to ship the ticket again, merge it again and run {options.command(mode='release')}",
         )
     earlier = PHASES[: PHASES.index(start_phase)]
     missing = [p for p in earlier if not saved.done(p)]

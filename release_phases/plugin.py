@@ -203,6 +203,7 @@ def options_from(config: pytest.Config, mode: str) -> Options:
         mode=mode,
         skip_git=config.getoption("skip_git"),
         skip_data=config.getoption("skip_data"),
+        ini_overrides=tuple(config.getoption("override_ini") or ()),
     )
 
 
@@ -687,7 +688,7 @@ class Record:
         phase = self.ledger.open_phase or "?"
         if phase in PHASES[1:]:
             go_on = f"go on with {self.ctx.options.command(f'--from={phase}')}   or roll back: "
-            go_on += f"pytest -m revert --ticket {self.ctx.ticket}"
+            go_on += self.ctx.options.command(mode="revert")
         else:
             go_on = ""  # prepare, revert: the ledger names the rerun (--base-sha after a pull)
         self.stopped_by = ReleaseError(

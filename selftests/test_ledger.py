@@ -312,3 +312,12 @@ def test_after_the_pull_a_prepare_failure_names_the_base_sha_to_go_on_with():
     assert hinted.ledger.next_command(options(), pulled) == f"free some disk; then {again}"
     # Before the pull (no MERGE_SHA yet), the run itself is the command.
     assert bare.ledger.next_command(options(), State(ticket="7")) == NO_HINT
+
+
+def test_both_commands_of_a_next_line_keep_the_operators_ini_options():
+    typed = options(ini_overrides=("release_pull=false",))
+    summary = fails_in("migrate", "api")().ledger.summary(typed, State(ticket="7"))
+    assert summary.next_command == (
+        "fix the cause, then pytest -m release --ticket 7 --from=migrate -o release_pull=false"
+        "   or roll back: pytest -m revert --ticket 7 -o release_pull=false"
+    )

@@ -446,7 +446,9 @@ def test_a_volume_another_container_holds_is_refused_before_anything_stops(
     (next_line,) = [line for line in run.output.splitlines() if line.startswith("next: ")]
     printed = re.findall(r"`(docker rm -f [^`]+)`", next_line)
     assert printed == [f"docker rm -f {other.name}"], next_line
-    assert next_line.endswith("then pytest -m revert --ticket 1234"), next_line
+    assert next_line.endswith(f"then pytest -m revert --ticket 1234 {engine.TEST_INI_TYPED}"), (
+        next_line
+    )
     (printed,) = printed
     subprocess.run(shlex.split(printed), check=True, capture_output=True)
     again = engine.run(deploy.prod, "1234", mode="revert")
@@ -498,7 +500,9 @@ def test_a_volume_taken_while_the_service_stops_fails_the_restore_and_the_next_c
     (next_line,) = [line for line in run.output.splitlines() if line.startswith("next: ")]
     printed = re.findall(r"`(docker rm -f [^`]+)`", next_line)
     assert printed == [f"docker rm -f {svc.project}-late"], next_line
-    assert next_line.endswith("then pytest -m revert --ticket 1234"), next_line
+    assert next_line.endswith(f"then pytest -m revert --ticket 1234 {engine.TEST_INI_TYPED}"), (
+        next_line
+    )
     subprocess.run(shlex.split(printed[0]), check=True, capture_output=True)
     again = engine.run(deploy.prod, "1234", mode="revert")
     assert again.rc == 0, again

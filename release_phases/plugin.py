@@ -778,7 +778,9 @@ class Record:
         summary = self.summary()
         st = self.journal.state
         paths = self.ctx.paths
-        lines = [f"ticket {self.ctx.ticket}: {summary.headline}"]
+        # return_to_main has no ticket of its own (its files are named return-to-main).
+        run = "return_to_main" if self.ctx.options.mode == "return_to_main" else None
+        lines = [f"{run or f'ticket {self.ctx.ticket}'}: {summary.headline}"]
         stop = self.stopped_by
         if stop is not None:
             # No step's report says it: the run itself was stopped.

@@ -65,6 +65,7 @@ def test_a_completed_release_is_reverted(deploy, released_with_data, docker_clie
     run = engine.run(deploy.prod, "1234", mode="revert")
     assert run.rc == 0, run
     assert (run.state.phase, run.state.phase_status) == ("revert", "done")
+    assert "ticket 1234: REVERTED" in run.output and "COMPLETE" not in run.output, run
     for svc in services.values():
         running = container(docker_client, svc)
         assert running.status == "running"

@@ -99,6 +99,9 @@ class Options:
     mode: str = "release"
     skip_git: bool = False
     skip_data: bool = False
+    #: Where `repo` was named, for a message about it: `--repo x`, the ini option, or
+    #: the current directory (the default).
+    repo_source: str = "the current directory"
     #: The ini values given on the command line (`-o name=value`), as given.
     ini_overrides: tuple[str, ...] = ()
 

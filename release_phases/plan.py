@@ -14,7 +14,7 @@ from __future__ import annotations
 import posixpath
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from release_phases import PHASES, manifest, scripts
@@ -86,12 +86,20 @@ def make(options: Options, start_phase: str, git: Git, paths: Paths, found: Stat
     return plan_resume(options, start_phase, paths, found)
 
 
-def check_repo(repo: Path) -> None:
-    if not (repo / ".git").exists():
-        raise ConfigError(
-            f"--repo {repo} is not a git checkout of a deploy repo",
-            next_command="pytest -m release --ticket <id> --repo <path to the deploy repo>",
-        )
+def check_repo(options: Options) -> None:
+    """Refuse a deploy repository that is not a git checkout, saying where it was
+    looked for and how to point elsewhere."""
+    repo = options.repo
+    if (repo / ".git").exists():
+        return
+    here = replace(options, repo=Path.cwd())
+    raise ConfigError(
+        f"no deploy repository at {repo} ({options.repo_source}): it is not a git "
+        "checkout (no .git there)",
+        next_command="run it in the deploy repository (the git checkout holding "
+        "packages/<service>/manifest.yaml), or name that with --repo: "
+        + here.command("--repo <path to the deploy repo>"),
+    )
 
 
 def _required(paths: Paths, found: State | None) -> State:

@@ -178,6 +178,13 @@ def options_from(config: pytest.Config, mode: str) -> Options:
         raise ConfigError(f"--from is for -m release; a {mode} run always runs whole")
     repo_opt = config.getoption("repo") or config.getini("release_repo")
     repo = Path(config.rootpath, repo_opt) if repo_opt else Path.cwd()
+    if config.getoption("repo"):
+        repo_source = f"--repo {repo_opt}"
+    elif repo_opt:
+        repo_source = f"the ini option release_repo = {repo_opt}"
+        repo_source += f", from the rootdir {config.rootpath}"
+    else:
+        repo_source = "the current directory"
     branch = validate_branch(config.getoption("branch"))
     base_sha = config.getoption("base_sha")
     if branch != "main" and not config.getoption("force_allow_non_main"):
@@ -204,6 +211,7 @@ def options_from(config: pytest.Config, mode: str) -> Options:
         skip_git=config.getoption("skip_git"),
         skip_data=config.getoption("skip_data"),
         ini_overrides=tuple(config.getoption("override_ini") or ()),
+        repo_source=repo_source,
     )
 
 

@@ -74,3 +74,19 @@ def test_in_a_deploy_repository_a_release_without_ticket_is_refused(unrelated):
     result = unrelated.runpytest_subprocess("-m", "release", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
     assert "--ticket is required" in result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [((), "{path} (the current directory)"),
+     (("--repo", "deploy"), "{path}/deploy (--repo deploy)"),
+     (("-o", "release_repo=deploy"),
+      "{path}/deploy (the ini option release_repo = deploy, from the rootdir {path})")],
+)  # fmt: skip
+def test_outside_a_deploy_repository_the_error_says_where_it_looked(pytester, args, where):
+    result = pytester.runpytest_subprocess("-m", "release", "--ticket", "5", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    err = result.stderr.str()
+    looked = where.format(path=pytester.path)
+    assert f"no deploy repository at {looked}: it is not a git checkout" in err, err
+    assert "or name that with --repo: pytest -m release --ticket 5 --repo <path" in err, err

@@ -732,6 +732,11 @@ class Record:
         phase = phase_of(item)
         if phase is None:
             return rep
+        if rep.skipped and isinstance(rep.longrepr, tuple):
+            # pytest's skip line names where the skip was raised: a line of this plugin
+            # or of a phase module, which tells an operator nothing. The step does. A
+            # location without a line (None) is one pytest's summary prints as it is.
+            rep.longrepr = (f"{phase} {item.name}", None, rep.longrepr[2])  # type: ignore[assignment]
         exc = call.excinfo.value if call.excinfo else None
         if isinstance(exc, ReleaseError):
             rep.longrepr = str(exc)  # the operator's message, not a traceback

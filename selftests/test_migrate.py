@@ -49,6 +49,11 @@ def test_a_500_halts_at_that_service_and_leaves_later_ones_untouched(
     assert web.id == web_before, "web was not touched"
     assert web.image.id == docker_client.images.get(services["web"].repository + ":1").id
     assert "release halted: migrate failed on api" in run.output
+    # Each skip line names the step it skipped, not a line of the engine's code.
+    skipped = [line for line in run.output.splitlines() if line.startswith("SKIPPED")]
+    halted = "release halted: migrate failed on api"
+    assert skipped[0] == f"SKIPPED [1] migrate test_migrate[web]: {halted}", skipped
+    assert len(skipped) == 6 and not any(".py" in line for line in skipped), skipped
     assert "got 500" in run.output, run.output
     assert "--from=migrate" in run.output and "pytest -m revert --ticket 1234" in run.output
 

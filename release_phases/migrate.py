@@ -175,6 +175,7 @@ def backup_stopped(
         return
     timeout = ctx.options.compose_timeout
     stop = project.stop()
+    ctx.host.say(f"{service}: stopping its containers for the backup, {project.stop_wait()}")
     try:
         stopped = ctx.host.run(stop, timeout=timeout)
         step.detail("compose stop (for the backup)", f"$ {render(stop)}\n{stopped.output}")
@@ -253,6 +254,10 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
     )
     backup_stopped(ctx, service, project, step)
     argv = project.up()
+    ctx.host.say(
+        f"{service}: recreating its containers; running ones are stopped first, "
+        + project.stop_wait()
+    )
     try:
         result = ctx.host.recreate(project, timeout=ctx.options.compose_timeout)
     except ReleaseError as exc:

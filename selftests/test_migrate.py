@@ -14,8 +14,13 @@ pytestmark = pytest.mark.docker
 
 def test_a_release_moves_both_services_to_the_new_image(deploy, make_service, docker_client):
     services = v1_running_v2_merged(deploy, make_service)
-    run = engine.run(deploy.prod, "1234")
+    run = engine.run(deploy.prod, "1234", "-s")  # -s: what the engine streams, uncaptured
     assert run.state.done("migrate"), run
+    # Compose prints nothing while a container takes its time to stop: the engine says
+    # first what it waits for.
+    said = "web: recreating its containers; running ones are stopped first, up to 1 s each"
+    recreating = f"{services['web'].project}-web-1  Recreate\n"
+    assert -1 < run.output.find(said) < run.output.find(recreating), run
     for svc in services.values():
         running = container(docker_client, svc)
         assert running.status == "running"

@@ -229,3 +229,26 @@ def test_a_ticket_script_only_release_runs_every_phase_and_completes(deploy):
         assert run.event(phase, "done"), phase
     assert (deploy.prod / ".asd/reindexed").read_text() == "reindexed\n"
     assert "ticket 1234: COMPLETE" in run.output
+
+
+def test_a_first_deployment_on_a_new_host_with_the_commit_before_the_service(
+    deploy, make_service, docker_client
+):
+    """README's "First deployment on a new host": a fresh clone already holds web, so
+    nothing changed since HEAD; named as the BASE_SHA, the commit before web was
+    added makes web a service of the release, deployed from nothing."""
+    before = deploy.dev_repo.head.commit.hexsha
+    web = make_service("web", volumes=("web-data",))
+    deploy.write_service(web)
+    deploy.commit("add web")
+    deploy.push()
+    deploy.clone_prod()
+    plain = engine.run(deploy.prod, "1")
+    assert plain.rc != 0 and "nothing to release" in plain.output, plain
+    run = engine.run(deploy.prod, "1", "--base-sha", before)
+    assert run.rc == 0, run
+    assert run.state.services == ["web"]
+    assert not run.state.extra.get("IMAGES"), "nothing ran before: no image to go back to"
+    running = container(docker_client, web)
+    assert running.status == "running"
+    assert running.image.id == docker_client.images.get(web.image).id

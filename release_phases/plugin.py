@@ -5,7 +5,8 @@
 only for a release run (`for_the_engine`): `-m release` with one of the engine's
 options, or in a deploy repository. Anywhere else the plugin stays out, even of a
 project's own `release` marker, and imports none of the machinery (Docker, git,
-HTTP, pydantic): this module's imports are pure Python of the standard library.
+HTTP, pydantic): what this module imports (options, ledger, state, masking) needs
+nothing beyond the standard library and pytest.
 
 - `Steps` gives the fixtures and one step per planned service;
 - `Halting` gives each step its pytest-dependency mark: a step depends on the

@@ -793,8 +793,9 @@ class Record:
         st = self.journal.state
         paths = self.ctx.paths
         # return_to_main has no ticket of its own (its files are named return-to-main).
-        run = "return_to_main" if self.ctx.options.mode == "return_to_main" else None
-        lines = [f"{run or f'ticket {self.ctx.ticket}'}: {summary.headline}"]
+        mode = self.ctx.options.mode
+        who = mode if mode == "return_to_main" else f"ticket {self.ctx.ticket}"
+        lines = [f"{who}: {summary.headline}"]
         stop = self.stopped_by
         if stop is not None:
             # No step's report says it: the run itself was stopped.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,7 +103,7 @@ class Options:
     #: Where `repo` was named, for a message about it: `--repo x`, the ini option, or
     #: the current directory (the default).
     repo_source: str = "the current directory"
-    #: The ini values given on the command line (`-o name=value`), as given.
+    #: The ini values typed on the command line (`-o name=value`), as typed.
     ini_overrides: tuple[str, ...] = ()
 
     def command(self, *extra: str, mode: str | None = None) -> str:
@@ -141,6 +142,23 @@ class Options:
         return " ".join(
             [shlex.join(parts), *extra, *([shlex.join(overrides)] if overrides else [])]
         )
+
+
+def typed_overrides(args: Sequence[str]) -> tuple[str, ...]:
+    """The `-o name=value` among the command line's own arguments, in order: those of
+    addopts or PYTEST_ADDOPTS apply to the next command anyway, and are left out."""
+    found: list[str] = []
+    words = iter(args)
+    for word in words:
+        if word in ("-o", "--override-ini"):
+            value = next(words, None)
+            if value is not None:
+                found.append(value)
+        elif word.startswith("--override-ini="):
+            found.append(word.partition("=")[2])
+        elif word.startswith("-o") and not word.startswith("--"):
+            found.append(word[2:])
+    return tuple(found)
 
 
 def _names(extra: tuple[str, ...], *options: str) -> bool:

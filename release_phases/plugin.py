@@ -41,7 +41,13 @@ import pytest
 from release_phases import PHASES, masking, selection
 from release_phases.errors import ConfigError, ReleaseError
 from release_phases.ledger import CHECK, ORDINARY, WAVE, Failure, Ledger, dependencies
-from release_phases.options import Options, validate_branch, validate_sha, validate_ticket
+from release_phases.options import (
+    Options,
+    typed_overrides,
+    validate_branch,
+    validate_sha,
+    validate_ticket,
+)
 from release_phases.steps import STEP, Step
 
 if TYPE_CHECKING:
@@ -211,7 +217,7 @@ def options_from(config: pytest.Config, mode: str) -> Options:
         mode=mode,
         skip_git=config.getoption("skip_git"),
         skip_data=config.getoption("skip_data"),
-        ini_overrides=tuple(config.getoption("override_ini") or ()),
+        ini_overrides=typed_overrides(config.invocation_params.args),
         repo_source=repo_source,
     )
 

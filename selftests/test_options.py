@@ -9,6 +9,7 @@ import pytest
 from release_phases.errors import ConfigError
 from release_phases.options import (
     Options,
+    typed_overrides,
     validate_branch,
     validate_service,
     validate_sha,
@@ -104,3 +105,16 @@ def test_a_next_command_keeps_the_repository_named():
 def test_a_base_sha_given_is_kept_for_a_rerun_of_prepare_only(extra, mode, expected):
     opts = Options(ticket="7", repo=Path.cwd(), base_sha="abc1234")
     assert opts.command(*extra, mode=mode) == expected
+
+
+def test_the_ini_values_typed_are_read_from_the_command_line_in_every_spelling():
+    args = ["-m", "release", "-o", "release_pull=false", "--ticket", "7", "-orelease_parallel=2",
+            "--override-ini", "container_prefix=a b", "--override-ini=release_stop_timeout=1",
+            "-p", "no:x", "-k", "verify"]  # fmt: skip
+    assert typed_overrides(args) == (
+        "release_pull=false",
+        "release_parallel=2",
+        "container_prefix=a b",
+        "release_stop_timeout=1",
+    )
+    assert typed_overrides(["-m", "release", "-o"]) == ()

@@ -39,7 +39,7 @@ class ReleaseContext:
         """Read the state file, plan the run; a ConfigError refuses it, nothing written."""
         paths = Paths(options.repo, options.ticket)
         host = Host(options.repo)
-        planning.check_repo(paths.repo)  # before the state file is read from it
+        planning.check_repo(options)  # before the state file is read from it
         found = paths.found_state()
         plan = planning.make(options, start_phase, host.git, paths, found)
         journal = Journal(paths, found, branch=options.branch, ticket_scripts=plan.ticket_scripts)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from release_phases import clock, eventlog, leftovers, lock
+from release_phases import atomic, clock, eventlog, leftovers, lock
 from release_phases import state as statefile
 from release_phases.errors import ConfigError
 from release_phases.ledger import Began, Finished, Transition
@@ -26,6 +26,21 @@ from release_phases.steps import Step
 
 #: Step facts that are fields of the state rather than extra keys.
 FACT_FIELDS = {"BASE_SHA": "base_sha", "MERGE_SHA": "merge_sha", "BRANCH": "branch"}
+#: The `.gitignore` the engine puts in the directories it owns in a deploy repository
+#: (`.asd/`, `reports/`): git then lists nothing in them, so `git status` stays quiet and
+#: a `git add -A` never commits backups of production data or reports quoting its logs.
+IGNORE_ALL = "# Written by release-phases: nothing in this directory belongs in git.\n*\n"
+
+
+def keep_out_of_git(directory: Path) -> Path:
+    """Give an engine-owned directory (made if missing) a `.gitignore` that ignores all
+    of it, unless it has one: a directory an older engine made is given one too, and
+    a file someone wrote there is never replaced."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ignore = directory / ".gitignore"
+    if not ignore.exists():
+        atomic.write(ignore, [IGNORE_ALL.encode()])
+    return directory
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,14 @@ class Paths:
     @property
     def reports(self) -> Path:
         return self.repo / "reports"
+
+    def make_workspace(self) -> None:
+        """`.asd/`, kept out of git, before anything is written under it."""
+        keep_out_of_git(self.repo / ".asd")
+
+    def make_reports(self) -> Path:
+        """`reports/`, owner only (the reports quote production logs), kept out of git."""
+        return keep_out_of_git(atomic.private_dir(self.reports))
 
     def found_state(self) -> State | None:
         """The ticket's state file, or None; an unreadable one is an error, never ignored."""
@@ -123,7 +146,9 @@ class Journal:
 
     def open(self, *, fresh_release: bool, phase: str) -> None:
         """Take the lock and check the state file is still the one the run was planned
-        from. Raises ReleaseError (the lock is held) or ConfigError, writing nothing."""
+        from. Raises ReleaseError (the lock is held) or ConfigError, writing nothing of
+        the run's record."""
+        self.paths.make_workspace()
         held = lock.acquire(self.paths.lock, self.paths.ticket)
         if held.took_over is not None:
             # First of all: a ticket script or a compose command of the dead run may

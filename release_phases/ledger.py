@@ -33,6 +33,10 @@ class Outcome(Enum):
     STOPPED = "stopped"
 
 
+#: What a run that ran to its end says it did, by its last phase (a release: COMPLETE).
+DONE_WORDS = {"revert": "REVERTED", "return_to_main": "BACK ON MAIN"}
+
+
 @dataclass(frozen=True)
 class Failure:
     """A step's failure: the operator's error itself when it was one."""
@@ -90,7 +94,7 @@ class Summary:
     """How the run ended, as the terminal and the report tell it."""
 
     outcome: Outcome
-    #: `COMPLETE`, `FAILED in migrate on web`, `NOT STARTED (...)`.
+    #: `COMPLETE` (a revert: `REVERTED`), `FAILED in migrate on web`, `NOT STARTED (...)`.
     headline: str
     #: Where it stopped: `phase migrate, service web, step health (rc 1)`.
     stopped: str
@@ -239,13 +243,16 @@ class Ledger:
         if outcome is Outcome.STOPPED:
             last = self.entered[-1] if self.entered else "?"
             return f"stopped after {last} (phases after it were not selected)"
+        if outcome is Outcome.COMPLETE:
+            return DONE_WORDS.get(self.phases[-1], str(outcome.value))
         return str(outcome.value)
 
     def stopped(self) -> str:
         failure = self.first_failure
         if failure is None:
-            headline = self.headline()
-            return "nowhere: it ran to the end" if headline == "COMPLETE" else headline
+            if self.outcome() is Outcome.COMPLETE:
+                return "nowhere: it ran to the end"
+            return self.headline()
         where = [f"phase {failure.phase}"]
         if failure.service:
             where.append(f"service {failure.service}")
@@ -255,7 +262,7 @@ class Ledger:
 
     def next_command(self, options: Options, state: State) -> str:
         """What the operator runs next, given the state as this run leaves it."""
-        revert = f"pytest -m revert --ticket {options.ticket}"
+        revert = options.command(mode="revert")
         extra = state.extra
         failure = self.first_failure
         if failure is not None:

@@ -180,6 +180,7 @@ def backup_stopped(
         return
     timeout = ctx.options.compose_timeout
     stop = project.stop()
+    ctx.host.say(f"{service}: stopping its containers for the backup, {project.stop_wait()}")
     try:
         stopped = ctx.host.run(stop, timeout=timeout)
         step.detail("compose stop (for the backup)", f"$ {render(stop)}\n{stopped.output}")
@@ -258,6 +259,10 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
     )
     backup_stopped(ctx, service, project, step)
     argv = project.up()
+    ctx.host.say(
+        f"{service}: recreating its containers; running ones are stopped first, "
+        + project.stop_wait()
+    )
     try:
         result = ctx.host.recreate(project, timeout=ctx.options.compose_timeout)
     except ReleaseError as exc:
@@ -300,7 +305,7 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
             untouched="the services after it: they were not touched; "
             f"{service} runs the new containers, unhealthy",
             next_command=f"read the container logs in the report, fix, then {resume}"
-            f"   or roll back: pytest -m revert --ticket {ctx.ticket}",
+            f"   or roll back: {ctx.options.command(mode='revert')}",
             step="health",
         )
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,9 +100,20 @@ class Options:
     mode: str = "release"
     skip_git: bool = False
     skip_data: bool = False
+    #: Where `repo` was named, for a message about it: `--repo x`, the ini option, or
+    #: the current directory (the default).
+    repo_source: str = "the current directory"
+    #: The ini values typed on the command line (`-o name=value`), as typed.
+    ini_overrides: tuple[str, ...] = ()
 
     def command(self, *extra: str, mode: str | None = None) -> str:
-        """The pytest command line an operator would type for this run (or `mode`'s)."""
+        """The pytest command line an operator would type for this run (or `mode`'s).
+
+        It keeps what the operator gave that the next run needs to do the same: the
+        repository, the branch, `--parallel`, a revert's `--skip-*`, the `--base-sha`
+        of a release not yet past prepare, and every `-o name=value` (a
+        `release_pull=false` dropped would make the next run pull).
+        """
         mode = mode or self.mode
         parts = ["pytest", "-m", mode]
         if mode != "return_to_main":
@@ -116,5 +128,39 @@ class Options:
             # A rerun must leave alone what the operator chose to leave alone.
             chosen = {"--skip-git": self.skip_git, "--skip-data": self.skip_data}
             parts += [flag for flag, on in chosen.items() if on and flag not in extra]
+        if (
+            self.base_sha
+            and mode == "release" == self.mode
+            and not _names(extra, "--base-sha", "--from", "-k")
+        ):
+            # The pull was done by hand: a rerun of prepare without it finds nothing to
+            # release. A resume (`--from`, `-k`) reads BASE_SHA from the state file instead.
+            parts += ["--base-sha", self.base_sha]
+        overrides = [arg for value in self.ini_overrides for arg in ("-o", value)]
         # extra may hold placeholders (`--base-sha <sha>`) an operator fills in: as is.
-        return " ".join([shlex.join(parts), *extra])
+        # The -o values come last, so that the command reads as before up to them.
+        return " ".join(
+            [shlex.join(parts), *extra, *([shlex.join(overrides)] if overrides else [])]
+        )
+
+
+def typed_overrides(args: Sequence[str]) -> tuple[str, ...]:
+    """The `-o name=value` among the command line's own arguments, in order: those of
+    addopts or PYTEST_ADDOPTS apply to the next command anyway, and are left out."""
+    found: list[str] = []
+    words = iter(args)
+    for word in words:
+        if word in ("-o", "--override-ini"):
+            value = next(words, None)
+            if value is not None:
+                found.append(value)
+        elif word.startswith("--override-ini="):
+            found.append(word.partition("=")[2])
+        elif word.startswith("-o") and not word.startswith("--"):
+            found.append(word[2:])
+    return tuple(found)
+
+
+def _names(extra: tuple[str, ...], *options: str) -> bool:
+    """Does one of `extra`'s words start with one of `options` (`--from=migrate`)?"""
+    return any(word.startswith(options) for part in extra for word in part.split())

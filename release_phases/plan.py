@@ -14,7 +14,7 @@ from __future__ import annotations
 import posixpath
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from release_phases import PHASES, manifest, scripts
@@ -86,12 +86,20 @@ def make(options: Options, start_phase: str, git: Git, paths: Paths, found: Stat
     return plan_resume(options, start_phase, paths, found)
 
 
-def check_repo(repo: Path) -> None:
-    if not (repo / ".git").exists():
-        raise ConfigError(
-            f"--repo {repo} is not a git checkout of a deploy repo",
-            next_command="pytest -m release --ticket <id> --repo <path to the deploy repo>",
-        )
+def check_repo(options: Options) -> None:
+    """Refuse a deploy repository that is not a git checkout, saying where it was
+    looked for and how to point elsewhere."""
+    repo = options.repo
+    if (repo / ".git").exists():
+        return
+    here = replace(options, repo=Path.cwd())
+    raise ConfigError(
+        f"no deploy repository at {repo} ({options.repo_source}): it is not a git "
+        "checkout (no .git there)",
+        next_command="run it in the deploy repository (the git checkout holding "
+        "packages/<service>/manifest.yaml), or name that with --repo: "
+        + here.command("--repo <path to the deploy repo>"),
+    )
 
 
 def _required(paths: Paths, found: State | None) -> State:
@@ -107,7 +115,7 @@ def refuse_fresh_over(options: Options, paths: Paths, saved: State | None) -> No
     if saved is None or saved.finished or not saved.done("prepare"):
         return
     where = f"PHASE={saved.phase} PHASE_STATUS={saved.phase_status} in {paths.state}"
-    revert = f"pytest -m revert --ticket {options.ticket}"
+    revert = options.command(mode="revert")
     if saved.phase == "revert":
         raise ConfigError(
             f"ticket {options.ticket} is being reverted ({where}); a release cannot start over it",
@@ -341,9 +349,8 @@ def plan_resume(options: Options, start_phase: str, paths: Paths, found: State |
         raise ConfigError(
             f"ticket {ticket} was reverted (PHASE=revert PHASE_STATUS={saved.phase_status} "
             f"in {paths.state}): a reverted release cannot be resumed",
-            next_command=f"finish the revert if it failed (pytest -m revert --ticket "
-            f"{ticket}); to ship the ticket again, merge it again and run "
-            f"pytest -m release --ticket {ticket}",
+            next_command=f"finish the revert if it failed ({options.command(mode='revert')}); "
+            f"to ship the ticket again, merge it again and run {options.command(mode='release')}",
         )
     earlier = PHASES[: PHASES.index(start_phase)]
     missing = [p for p in earlier if not saved.done(p)]

@@ -2,8 +2,11 @@
 
 `pytest_configure` resolves the options, the state file and the plan into one
 `ReleaseContext`, whole before any step runs, and registers the classes below
-only for a release run: plain `pytest` elsewhere imports none of the machinery
-(Docker, git, HTTP) and costs nothing.
+only for a release run (`for_the_engine`): `-m release` with one of the engine's
+options, or in a deploy repository. Anywhere else the plugin stays out, even of a
+project's own `release` marker, and imports none of the machinery (Docker, git,
+HTTP, pydantic): what this module imports (options, ledger, state, masking) needs
+nothing beyond the standard library and pytest.
 
 - `Steps` gives the fixtures and one step per planned service;
 - `Halting` gives each step its pytest-dependency mark: a step depends on the
@@ -38,11 +41,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from release_phases import PHASES, atomic, masking, selection
+from release_phases import PHASES, masking, selection
 from release_phases.errors import ConfigError, ReleaseError
-from release_phases.host.shell import INTERRUPTED
 from release_phases.ledger import CHECK, ORDINARY, WAVE, Failure, Ledger, dependencies
-from release_phases.options import Options, validate_branch, validate_sha, validate_ticket
+from release_phases.options import (
+    Options,
+    typed_overrides,
+    validate_branch,
+    validate_sha,
+    validate_ticket,
+)
 from release_phases.steps import STEP, Step
 
 if TYPE_CHECKING:
@@ -137,6 +145,39 @@ def run_mode(config: pytest.Config) -> str | None:
     return next((mode for mode in MODES if expr.evaluate(selection.only(mode))), None)
 
 
+#: The engine's own options: any of them given makes `-m release` the engine's run.
+ENGINE_OPTIONS = (
+    "ticket",
+    "repo",
+    "from_phase",
+    "base_sha",
+    "parallel",
+    "skip_git",
+    "skip_data",
+    "force_allow_non_main",
+)
+
+
+def for_the_engine(config: pytest.Config) -> bool:
+    """Is this `-m release` (revert, return_to_main) run the engine's?
+
+    Yes when one of the engine's options is given (`--ticket`, `--repo`, ...), when
+    the ini file names a `release_repo`, or when the current directory, where the
+    engine looks for the deploy repository, is one: it holds a
+    `packages/<service>/manifest.yaml`. Otherwise the marker is the project's own,
+    and its tests run as if the plugin were not installed.
+    """
+    if any(config.getoption(name) for name in ENGINE_OPTIONS):
+        return True
+    if config.getoption("branch") != "main" or config.getini("release_repo"):
+        return True
+    return is_deploy_repo(Path.cwd())
+
+
+def is_deploy_repo(path: Path) -> bool:
+    return any(path.glob("packages/*/manifest.yaml"))
+
+
 def options_from(config: pytest.Config, mode: str) -> Options:
     """The run's options from the command line and the ini file, checked."""
     given = config.getoption("ticket")
@@ -147,6 +188,13 @@ def options_from(config: pytest.Config, mode: str) -> Options:
         raise ConfigError(f"--from is for -m release; a {mode} run always runs whole")
     repo_opt = config.getoption("repo") or config.getini("release_repo")
     repo = Path(config.rootpath, repo_opt) if repo_opt else Path.cwd()
+    if config.getoption("repo"):
+        repo_source = f"--repo {repo_opt}"
+    elif repo_opt:
+        repo_source = f"the ini option release_repo = {repo_opt}"
+        repo_source += f", from the rootdir {config.rootpath}"
+    else:
+        repo_source = "the current directory"
     branch = validate_branch(config.getoption("branch"))
     base_sha = config.getoption("base_sha")
     if branch != "main" and not config.getoption("force_allow_non_main"):
@@ -172,6 +220,8 @@ def options_from(config: pytest.Config, mode: str) -> Options:
         mode=mode,
         skip_git=config.getoption("skip_git"),
         skip_data=config.getoption("skip_data"),
+        ini_overrides=typed_overrides(config.invocation_params.args),
+        repo_source=repo_source,
     )
 
 
@@ -205,6 +255,9 @@ def _ini_number(config: pytest.Config, name: str, default: float) -> float:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    mode = run_mode(config)
+    if mode is None or not for_the_engine(config):
+        return  # not a release run: no marker, no class, no import of the machinery
     for name in MODES:
         config.addinivalue_line("markers", f"{name}: a step of release-phases' {name} run")
     config.addinivalue_line("markers", "phase(name): the release phase a step belongs to")
@@ -218,9 +271,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "not_with(option, reason): a step that does not apply when the run's option is set",
     )
-    mode = run_mode(config)
-    if mode is None:
-        return
     # The machinery loads here, for a release run only.
     from release_phases.context import ReleaseContext
 
@@ -247,9 +297,7 @@ def pytest_configure(config: pytest.Config) -> None:
         from release_phases import clock
 
         name = f"{ctx.ticket}-{mode}-{clock.stamp()}.html"
-        # The report quotes logs and outputs of production services: owner only.
-        atomic.private_dir(ctx.paths.reports)
-        config.option.htmlpath = str(ctx.paths.reports / name)
+        config.option.htmlpath = str(ctx.paths.make_reports() / name)
         config.option.self_contained_html = True
     ledger = Ledger(phases=ctx.phases, start_phase=ctx.plan.start_phase)
     config.pluginmanager.register(Steps(ctx), "release-steps")
@@ -705,7 +753,7 @@ class Record:
         phase = self.ledger.open_phase or "?"
         if phase in PHASES[1:]:
             go_on = f"go on with {self.ctx.options.command(f'--from={phase}')}   or roll back: "
-            go_on += f"pytest -m revert --ticket {self.ctx.ticket}"
+            go_on += self.ctx.options.command(mode="revert")
         else:
             go_on = ""  # prepare, revert: the ledger names the rerun (--base-sha after a pull)
         self.stopped_by = ReleaseError(
@@ -716,6 +764,10 @@ class Record:
             rc=128 + signum,
             step=name,
         )
+        # Imported here: the host package loads Compose's and the manifest's machinery,
+        # which a pytest run outside a deploy repository must not pay for.
+        from release_phases.host.shell import INTERRUPTED
+
         INTERRUPTED.set()  # commands and waits under way in --parallel threads end too
         raise KeyboardInterrupt(name)
 
@@ -737,6 +789,11 @@ class Record:
         phase = phase_of(item)
         if phase is None:
             return rep
+        if rep.skipped and isinstance(rep.longrepr, tuple):
+            # pytest's skip line names where the skip was raised: a line of this plugin
+            # or of a phase module, which tells an operator nothing. The step does. A
+            # location without a line (None) is one pytest's summary prints as it is.
+            rep.longrepr = (f"{phase} {item.name}", None, rep.longrepr[2])  # type: ignore[assignment]
         exc = call.excinfo.value if call.excinfo else None
         if isinstance(exc, ReleaseError):
             rep.longrepr = str(exc)  # the operator's message, not a traceback
@@ -791,7 +848,10 @@ class Record:
         summary = self.summary()
         st = self.journal.state
         paths = self.ctx.paths
-        lines = [f"ticket {self.ctx.ticket}: {summary.headline}"]
+        # return_to_main has no ticket of its own (its files are named return-to-main).
+        mode = self.ctx.options.mode
+        who = mode if mode == "return_to_main" else f"ticket {self.ctx.ticket}"
+        lines = [f"{who}: {summary.headline}"]
         stop = self.stopped_by
         if stop is not None:
             # No step's report says it: the run itself was stopped.

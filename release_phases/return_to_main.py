@@ -42,7 +42,7 @@ def check_merged(ctx: ReleaseContext) -> tuple[str, str]:
             f"{branch} is not merged into origin/{MAIN}: the deployed commit {deployed[:12]} "
             f"is not in origin/{MAIN} ({main[:12]}). Returning now would drop the hotfix.",
             untouched=f"everything: prod stays on {branch}",
-            next_command="merge the hotfix's pull request into main, then pytest -m return_to_main",
+            next_command="merge the hotfix's pull request into main, then " + ctx.options.command(),
         )
     return branch, deployed
 
@@ -53,7 +53,7 @@ def switch_to_main(ctx: ReleaseContext) -> str:
         raise ReleaseError(
             f"`git checkout {MAIN}` failed:\n{checkout.tail(15)}",
             untouched=f"prod stays on {ctx.git.branch()}",
-            next_command="fix the cause (git status), then pytest -m return_to_main",
+            next_command="fix the cause (git status), then " + ctx.options.command(),
             rc=checkout.returncode,
         )
     result = ctx.git.pull(MAIN)
@@ -62,7 +62,7 @@ def switch_to_main(ctx: ReleaseContext) -> str:
             f"`git pull --ff-only origin {MAIN}` was refused:\n{result.tail(15)}",
             untouched=f"prod is on {MAIN} at {ctx.git.head()[:12]}, not fast-forwarded",
             next_command=f"inspect `git -C {ctx.repo} log --graph HEAD origin/{MAIN}`; prod must "
-            "only fast-forward; then pytest -m return_to_main",
+            "only fast-forward; then " + ctx.options.command(),
             rc=result.returncode,
         )
     return result.output
@@ -84,7 +84,7 @@ def clean_state(ctx: ReleaseContext, deployed: str) -> list[str]:
         raise ReleaseError(
             "prod is not in a clean state on main: " + "; ".join(problems),
             untouched="the containers: nothing was restarted",
-            next_command="fix by hand (git status), then pytest -m return_to_main",
+            next_command="fix by hand (git status), then " + ctx.options.command(),
         )
     drift = git.changed_services(ctx.git.changed_files(deployed, head))
     return [s for s in drift if (ctx.repo / "packages" / s / "manifest.yaml").exists()]

@@ -309,6 +309,7 @@ def _while_running(
 
 def _stop(ctx: ReleaseContext, service: str, project: ComposeProject, step: Step) -> None:
     stop = project.stop()
+    ctx.host.say(f"{service}: stopping its containers, {project.stop_wait()}")
     with _worded(
         "compose-stop",
         untouched=f"{service}: its data; its containers may be partly stopped",

@@ -75,7 +75,7 @@ class Check:
         if opts.mode == "release":
             next_command = (
                 f"recheck: {opts.command('-k verify')}   or roll back: "
-                f"pytest -m revert --ticket {opts.ticket}"
+                + opts.command(mode="revert")
             )
         else:
             next_command = f"find out why (see the report), then {opts.command()}"

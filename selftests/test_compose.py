@@ -64,6 +64,11 @@ def test_no_stop_timeout_leaves_it_to_compose() -> None:
     assert "--timeout" not in web(stop_timeout=None).up()
 
 
+def test_the_line_before_a_stop_says_how_long_it_may_wait() -> None:
+    assert web(stop_timeout=3).stop_wait() == "up to 3 s each (release_stop_timeout)"
+    assert web(stop_timeout=None).stop_wait() == "up to each one's stop_grace_period, else 10 s"
+
+
 def test_commands_render_as_an_operator_would_type_them() -> None:
     spaced = Compose(prefix=("/opt/my tools/docker-compose",), version="2.40.3")
     project = ComposeProject(spaced, "web", Path("/srv/a b/compose.yaml"), ("web",))

@@ -190,14 +190,14 @@ NO_HINT = "fix the cause above, then pytest -m release --ticket 7"
          "see the error above, then pytest -m release --ticket 7"),
         (nothing_ran, "release", {}, Outcome.NOTHING_RAN, "NOTHING RAN",
          f"nothing; to roll back this release: {REVERT}"),
-        (reverted, "revert", {}, Outcome.COMPLETE, "COMPLETE", "nothing"),
+        (reverted, "revert", {}, Outcome.COMPLETE, "REVERTED", "nothing"),
         (revert_fails, "revert", {}, Outcome.FAILED, "FAILED in revert",
          "git pull --rebase, then rerun the revert"),
         (returned_with_drift, "return_to_main", {"DRIFT": "api web", "HOTFIX_SHA": "abc"},
-         Outcome.COMPLETE, "COMPLETE",
+         Outcome.COMPLETE, "BACK ON MAIN",
          "release what main has beyond the hotfix (api web): "
          "pytest -m release --ticket <id> --base-sha abc"),
-        (returned_with_drift, "return_to_main", {"DRIFT": ""}, Outcome.COMPLETE, "COMPLETE",
+        (returned_with_drift, "return_to_main", {"DRIFT": ""}, Outcome.COMPLETE, "BACK ON MAIN",
          "nothing"),
     ],
 )  # fmt: skip
@@ -312,3 +312,18 @@ def test_after_the_pull_a_prepare_failure_names_the_base_sha_to_go_on_with():
     assert hinted.ledger.next_command(options(), pulled) == f"free some disk; then {again}"
     # Before the pull (no MERGE_SHA yet), the run itself is the command.
     assert bare.ledger.next_command(options(), State(ticket="7")) == NO_HINT
+
+
+def test_both_commands_of_a_next_line_keep_the_operators_ini_options():
+    typed = options(ini_overrides=("release_pull=false",))
+    summary = fails_in("migrate", "api")().ledger.summary(typed, State(ticket="7"))
+    assert summary.next_command == (
+        "fix the cause, then pytest -m release --ticket 7 --from=migrate -o release_pull=false"
+        "   or roll back: pytest -m revert --ticket 7 -o release_pull=false"
+    )
+
+
+@pytest.mark.parametrize(("drive", "mode"), [(reverted, "revert"), (whole_release, "release")])
+def test_a_run_to_its_end_stopped_nowhere(drive, mode):
+    summary = drive().ledger.summary(options(mode), State(ticket="7"))
+    assert summary.stopped == "nowhere: it ran to the end"

@@ -14,8 +14,13 @@ pytestmark = pytest.mark.docker
 
 def test_a_release_moves_both_services_to_the_new_image(deploy, make_service, docker_client):
     services = v1_running_v2_merged(deploy, make_service)
-    run = engine.run(deploy.prod, "1234")
+    run = engine.run(deploy.prod, "1234", "-s")  # -s: what the engine streams, uncaptured
     assert run.state.done("migrate"), run
+    # Compose prints nothing while a container takes its time to stop: the engine says
+    # first what it waits for.
+    said = "web: recreating its containers; running ones are stopped first, up to 1 s each"
+    recreating = f"{services['web'].project}-web-1  Recreate\n"
+    assert -1 < run.output.find(said) < run.output.find(recreating), run
     for svc in services.values():
         running = container(docker_client, svc)
         assert running.status == "running"
@@ -29,6 +34,9 @@ def test_a_release_moves_both_services_to_the_new_image(deploy, make_service, do
         ("test_migrate", "api"),
         ("test_migrate", "web"),
     ]
+    # The backups, the state file, the log and the report: none of it for git to list.
+    assert (deploy.prod / "reports").is_dir() and (deploy.prod / ".asd").is_dir()
+    assert deploy.prod_repo.git.status("--porcelain", "--untracked-files=all") == ""
 
 
 def test_a_500_halts_at_that_service_and_leaves_later_ones_untouched(
@@ -46,6 +54,11 @@ def test_a_500_halts_at_that_service_and_leaves_later_ones_untouched(
     assert web.id == web_before, "web was not touched"
     assert web.image.id == docker_client.images.get(services["web"].repository + ":1").id
     assert "release halted: migrate failed on api" in run.output
+    # Each skip line names the step it skipped, not a line of the engine's code.
+    skipped = [line for line in run.output.splitlines() if line.startswith("SKIPPED")]
+    halted = "release halted: migrate failed on api"
+    assert skipped[0] == f"SKIPPED [1] migrate test_migrate[web]: {halted}", skipped
+    assert len(skipped) == 6 and not any(".py" in line for line in skipped), skipped
     assert "got 500" in run.output, run.output
     assert "--from=migrate" in run.output and "pytest -m revert --ticket 1234" in run.output
 
@@ -216,3 +229,26 @@ def test_a_ticket_script_only_release_runs_every_phase_and_completes(deploy):
         assert run.event(phase, "done"), phase
     assert (deploy.prod / ".asd/reindexed").read_text() == "reindexed\n"
     assert "ticket 1234: COMPLETE" in run.output
+
+
+def test_a_first_deployment_on_a_new_host_with_the_commit_before_the_service(
+    deploy, make_service, docker_client
+):
+    """README's "First deployment on a new host": a fresh clone already holds web, so
+    nothing changed since HEAD; named as the BASE_SHA, the commit before web was
+    added makes web a service of the release, deployed from nothing."""
+    before = deploy.dev_repo.head.commit.hexsha
+    web = make_service("web", volumes=("web-data",))
+    deploy.write_service(web)
+    deploy.commit("add web")
+    deploy.push()
+    deploy.clone_prod()
+    plain = engine.run(deploy.prod, "1")
+    assert plain.rc != 0 and "nothing to release" in plain.output, plain
+    run = engine.run(deploy.prod, "1", "--base-sha", before)
+    assert run.rc == 0, run
+    assert run.state.services == ["web"]
+    assert not run.state.extra.get("IMAGES"), "nothing ran before: no image to go back to"
+    running = container(docker_client, web)
+    assert running.status == "running"
+    assert running.image.id == docker_client.images.get(web.image).id

@@ -174,6 +174,9 @@ def test_hostile_names_run_nothing(deploy, make_service, tmp_path):
 
 
 def test_release_without_ticket_does_not_run(deploy):
+    deploy.write("packages/web/manifest.yaml", "image: {name: web, tag: '1'}\n")
+    deploy.commit("a service")
+    deploy.push()
     deploy.clone_prod()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-m", "release"],

@@ -236,7 +236,8 @@ def test_a_complete_release_shows_each_image_expected_against_actual(
     assert facts["outcome"] == "COMPLETE"
     assert facts["stopped"] == "nowhere: it ran to the end"
     assert facts["next command"] == (
-        "nothing; to roll back this release: pytest -m revert --ticket 1234"
+        f"nothing; to roll back this release: pytest -m revert --ticket 1234 "
+        f"{engine.TEST_INI_TYPED}"
     )
     assert all(row[0] == "done" for row in _phases(top).values())
     assert "Steps not run" not in top.text()

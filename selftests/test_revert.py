@@ -65,6 +65,7 @@ def test_a_completed_release_is_reverted(deploy, released_with_data, docker_clie
     run = engine.run(deploy.prod, "1234", mode="revert")
     assert run.rc == 0, run
     assert (run.state.phase, run.state.phase_status) == ("revert", "done")
+    assert "ticket 1234: REVERTED" in run.output and "COMPLETE" not in run.output, run
     for svc in services.values():
         running = container(docker_client, svc)
         assert running.status == "running"
@@ -78,6 +79,7 @@ def test_a_completed_release_is_reverted(deploy, released_with_data, docker_clie
     assert prod.head.commit.parents[0].hexsha == release_run.state.merge_sha
     assert run.event("revert", "done")
     assert "pytest -m revert" not in run.output.split("next:")[-1]
+    assert prod.git.status("--porcelain", "--untracked-files=all") == ""
 
 
 def test_a_release_that_failed_in_migrate_is_reverted(deploy, make_service, docker_client):
@@ -132,7 +134,9 @@ def test_skip_git_and_skip_data(deploy, released_with_data, docker_client):
     # data untouched: the post-release content is still there
     files = _volume_files(container(docker_client, services["web"]))
     assert "v2.txt:new" in files and "record.txt:migrated" in files
-    assert "--skip-git" in run.output
+    assert "SKIPPED [1] revert test_revert_code: --skip-git: the code is left as it is" in (
+        run.output
+    ), run
 
 
 def test_a_push_refused_keeps_the_local_revert_commit(deploy, released_with_data):
@@ -445,7 +449,9 @@ def test_a_volume_another_container_holds_is_refused_before_anything_stops(
     (next_line,) = [line for line in run.output.splitlines() if line.startswith("next: ")]
     printed = re.findall(r"`(docker rm -f [^`]+)`", next_line)
     assert printed == [f"docker rm -f {other.name}"], next_line
-    assert next_line.endswith("then pytest -m revert --ticket 1234"), next_line
+    assert next_line.endswith(f"then pytest -m revert --ticket 1234 {engine.TEST_INI_TYPED}"), (
+        next_line
+    )
     (printed,) = printed
     subprocess.run(shlex.split(printed), check=True, capture_output=True)
     again = engine.run(deploy.prod, "1234", mode="revert")
@@ -497,7 +503,9 @@ def test_a_volume_taken_while_the_service_stops_fails_the_restore_and_the_next_c
     (next_line,) = [line for line in run.output.splitlines() if line.startswith("next: ")]
     printed = re.findall(r"`(docker rm -f [^`]+)`", next_line)
     assert printed == [f"docker rm -f {svc.project}-late"], next_line
-    assert next_line.endswith("then pytest -m revert --ticket 1234"), next_line
+    assert next_line.endswith(f"then pytest -m revert --ticket 1234 {engine.TEST_INI_TYPED}"), (
+        next_line
+    )
     subprocess.run(shlex.split(printed[0]), check=True, capture_output=True)
     again = engine.run(deploy.prod, "1234", mode="revert")
     assert again.rc == 0, again

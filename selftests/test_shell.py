@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from release_phases.host.shell import CommandFailed, Runner, render
+from release_phases.masking import MASK, Secrets
 
 
 class Clocked:
@@ -181,3 +183,10 @@ def test_a_timeout_with_stdout_to_a_file_kills_the_group_and_keeps_stderr(
 def test_stdin_text_and_stdin_from_a_file_are_exclusive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not both"):
         Runner().run(["cat"], stdin="x", stdin_from=tmp_path / "f")
+
+
+def test_a_line_said_goes_where_output_streams_masked() -> None:
+    sink = io.StringIO()
+    runner = Runner(stream_to=sink, secrets=Secrets(["hunter2"]))
+    runner.say("web: stopping, password hunter2")
+    assert sink.getvalue() == f"web: stopping, password {MASK}\n"

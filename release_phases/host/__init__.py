@@ -55,6 +55,10 @@ class Host:
         """The Compose v2 to drive (ReleaseError when there is none)."""
         return detect(self.runner)
 
+    def say(self, line: str) -> None:
+        """A line for the operator before a wait (see `Runner.say`)."""
+        self.runner.say(line)
+
     def run(
         self,
         argv: Argv,

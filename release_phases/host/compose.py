@@ -280,6 +280,11 @@ def project_name(compose_file: Path, text: str | None = None) -> str:
 # -- commands as data ------------------------------------------------------------------------
 
 
+#: Seconds Compose waits for a container to stop when neither `--timeout` nor the
+#: service's `stop_grace_period` says otherwise.
+COMPOSE_STOP_DEFAULT = 10
+
+
 @dataclass(frozen=True)
 class ComposeProject:
     """One service's compose project, bound once: which Compose, project, file, services.
@@ -302,6 +307,16 @@ class ComposeProject:
 
     def _timeout(self) -> list[str]:
         return [] if self.stop_timeout is None else ["--timeout", str(self.stop_timeout)]
+
+    def stop_wait(self) -> str:
+        """How long a stop of these services may take, for the line said before it:
+        Compose sends each container its stop signal and waits that long before a
+        SIGKILL. A container that ignores the signal (a PID 1 without a handler, as
+        many are) makes every stop last that long, and Compose prints nothing meanwhile.
+        """
+        if self.stop_timeout is not None:
+            return f"up to {self.stop_timeout} s each (release_stop_timeout)"
+        return f"up to each one's stop_grace_period, else {COMPOSE_STOP_DEFAULT} s"
 
     def up(self, *, start: bool = True) -> list[str]:
         """Recreate exactly the services (not their dependencies), detached; with

@@ -170,6 +170,16 @@ class Runner:
             raise CommandFailed(result)
         return result
 
+    def say(self, line: str) -> None:
+        """One line where streamed output goes, masked: what the next command waits for,
+        before a wait during which that command may print nothing for a while."""
+        out = self.stream_to or sys.__stderr__
+        if out is None:
+            return
+        with _ECHO:
+            out.write(self.secrets.mask(line) + "\n")
+            out.flush()
+
     def read(
         self,
         argv: Argv,

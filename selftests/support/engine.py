@@ -51,6 +51,8 @@ class Run:
 #: imports all of hypothesis at the end of every run, about 0.7 s here; a deploy host
 #: has no dev extras, so the engine's runs leave it out.
 TEST_INI = ["-o", "release_stop_timeout=1", "-o", "release_pull=false", "-p", "no:hypothesispytest"]
+#: TEST_INI's ini values as the engine's next commands repeat them.
+TEST_INI_TYPED = "-o release_stop_timeout=1 -o release_pull=false"
 
 
 def argv_of(ticket: str, *args: str, mode: str = "release") -> list[str]:

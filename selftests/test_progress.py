@@ -17,7 +17,7 @@ from release_phases.health import Probe
 from release_phases.options import Options
 from selftests.support import engine
 from selftests.support.images import HTTP_PORT
-from selftests.support.scenario import running_on_prod
+from selftests.support.scenario import running_on_prod, v1_running_v2_merged
 
 # -- pure logic ------------------------------------------------------------------------------
 
@@ -196,3 +196,20 @@ def test_services_side_by_side_tell_whole_lines_each_with_its_name(deploy, make_
     for line in run.output.splitlines():
         if "waiting for health" in line:
             assert WAITING.fullmatch(line), f"a cut or merged line: {line!r}"
+
+
+@pytest.mark.docker
+def test_a_ticket_scripts_output_shows_as_it_runs_in_a_passing_release(deploy, make_service):
+    """pytest captures the engine's stderr; the script's lines reach the terminal anyway,
+    line by line."""
+    v1_running_v2_merged(
+        deploy,
+        make_service,
+        ("api",),
+        files={"releases/1234-hello.sh": "echo 'hello from the ticket script'\necho done\n"},
+    )
+    run = engine.run(deploy.prod, "1234")
+    assert run.rc == 0, run
+    lines = run.output.splitlines()
+    assert "hello from the ticket script" in lines, run
+    assert lines.index("hello from the ticket script") < lines.index("done"), run

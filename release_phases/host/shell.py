@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol, TextIO
 
-from release_phases import masking
+from release_phases import masking, progress
 from release_phases.errors import ReleaseError
 
 Argv = Sequence[str]
@@ -147,7 +147,7 @@ class Runner:
         pipe = proc.stderr if sink else proc.stdout
         assert pipe is not None
         output = _Output(
-            echo=(self.stream_to or sys.__stderr__) if stream else None, secrets=self.secrets
+            echo=(self.stream_to or TERMINAL) if stream else None, secrets=self.secrets
         )
         try:
             finished = _collect(proc, pipe, output, deadline)
@@ -173,9 +173,7 @@ class Runner:
     def say(self, line: str) -> None:
         """One line where streamed output goes, masked: what the next command waits for,
         before a wait during which that command may print nothing for a while."""
-        out = self.stream_to or sys.__stderr__
-        if out is None:
-            return
+        out = self.stream_to or TERMINAL
         with _ECHO:
             out.write(self.secrets.mask(line) + "\n")
             out.flush()
@@ -263,6 +261,28 @@ _POLL = 0.1
 #: are killed the same way, so nothing goes on changing services after the run ends.
 INTERRUPTED = threading.Event()
 
+class _Terminal:
+    """Where streamed output goes by default: the run's progress lines (`progress.say`),
+    which the plugin writes past pytest's output capture, else the process's real
+    stderr. Writing to ``sys.__stderr__`` alone is not enough: pytest captures that
+    file descriptor too, so a passing step's script output would show only in the
+    report. Takes whole lines (see `_Output`)."""
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if progress.telling():
+                progress.say(None, line)
+            elif sys.__stderr__ is not None:
+                sys.__stderr__.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if not progress.telling() and sys.__stderr__ is not None:
+            sys.__stderr__.flush()
+
+
+TERMINAL: TextIO = _Terminal()  # type: ignore[assignment]  # the two methods used
+
 #: Held while echoing, so lines from commands run side by side do not interleave.
 _ECHO = threading.Lock()
 
@@ -284,9 +304,9 @@ class _Output:
         self.masked = secrets.stream()
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.chunks: list[str] = []
-        # Commands run side by side (`--parallel`) each from a worker thread: their
-        # output is echoed whole lines at a time, so no line is cut by another's.
-        self.by_line = threading.current_thread() is not threading.main_thread()
+        # Echoed whole lines at a time: commands run side by side (`--parallel`) do not
+        # cut each other's lines, and the terminal's writer takes lines.
+        self.by_line = True
         self.partial = ""
 
     def feed(self, data: bytes, *, final: bool = False) -> None:

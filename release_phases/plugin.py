@@ -688,8 +688,12 @@ class Record:
         self.ledger.deselected.update(p for p in map(phase_of, items) if p)
 
     # -- a step -------------------------------------------------------------------------
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None]:
+    # Not in the wrapper below: a wrapper that raises before it yields keeps the wrappers
+    # inside it (pytest's logging) from setting up, and their teardown then fails with a
+    # KeyError, a traceback under the operator's message. A plain hook runs inside them
+    # (named pytest_* all the same: pytest looks at no other name for a hook).
+    @pytest.hookimpl(tryfirst=True, specname="pytest_runtest_setup")
+    def pytest_runtest_setup_opens(self, item: pytest.Item) -> None:
         phase = phase_of(item)
         if phase is not None and self.ledger.refused:
             # The run was refused (the lock is held): no step may run unrecorded. Steps
@@ -698,6 +702,10 @@ class Record:
             pytest.skip(self.ledger.refused)
         if phase is not None and not self.ledger.started:
             self._open(phase)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None]:
+        phase = phase_of(item)
         try:
             return (yield)
         except pytest.skip.Exception as skip:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,8 @@ import pytest
 
 from release_phases import lock
 from release_phases.errors import ReleaseError
+from selftests.support import engine
+from selftests.support.scenario import v1_running_v2_merged
 
 HOLD = textwrap.dedent(
     """
@@ -97,3 +100,23 @@ def test_of_many_contenders_exactly_one_wins(tmp_path):
     ]
     outcomes = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert sorted(outcomes) == ["held"] + ["refused"] * 7, outcomes
+
+
+@pytest.mark.docker
+def test_a_release_refused_by_a_held_lock_says_so_without_a_traceback(deploy, make_service):
+    """One error, the operator's message; every other step skipped, none erroring in its
+    teardown (pytest's own plugins are set up around the refusal)."""
+    v1_running_v2_merged(deploy, make_service, ("api",))
+    path = deploy.prod / ".asd/workspace/releases/.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proc = _holder(path, "999")
+    try:
+        run = engine.run(deploy.prod, "1234")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert run.rc != 0, run
+    assert "another release holds the lock" in run.output, run
+    assert "Traceback" not in run.output and "KeyError" not in run.output, run
+    assert len(re.findall(r"^ERROR ", run.output, re.MULTILINE)) == 1, run
+    assert "NOT STARTED (release halted: the lock is held by another release)" in run.output

@@ -167,7 +167,8 @@ def for_the_engine(config: pytest.Config) -> bool:
     `packages/<service>/manifest.yaml`. Otherwise the marker is the project's own,
     and its tests run as if the plugin were not installed.
     """
-    if any(config.getoption(name) for name in ENGINE_OPTIONS):
+    # Given at all counts, an empty value too: `--ticket ''` is refused, not ignored.
+    if any(config.getoption(name) not in (None, False) for name in ENGINE_OPTIONS):
         return True
     if config.getoption("branch") != "main" or config.getini("release_repo"):
         return True

@@ -15,7 +15,7 @@ import posixpath
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from release_phases import PHASES, manifest, scripts
 from release_phases import state as statefile
@@ -98,6 +98,27 @@ def check_repo(options: Options) -> None:
         "checkout (no .git there)",
         next_command="run it in the deploy repository (the git checkout holding "
         "packages/<service>/manifest.yaml), or name that with --repo: "
+        + here.command("--repo <path to the deploy repo>"),
+    )
+
+
+def refuse_not_a_deploy_repo(
+    options: Options, git: Git, paths: Paths, base: str, incoming: str
+) -> None:
+    """A git checkout that holds no service, neither now nor on origin, is not a deploy
+    repository (this project's own clone, say): nothing there may be pulled or run."""
+    if any(
+        PurePosixPath(f).name == "manifest.yaml" and f.count("/") == 2
+        for ref in dict.fromkeys((base, incoming))
+        for f in git.files_in(ref, ["packages"])
+    ):
+        return
+    here = replace(options, repo=Path.cwd())
+    raise ConfigError(
+        f"{paths.repo} ({options.repo_source}) is not a deploy repository: no"
+        f" packages/<service>/manifest.yaml at HEAD or at origin/{options.branch};"
+        " nothing was pulled",
+        next_command="run it in the deploy repository, or name that with --repo: "
         + here.command("--repo <path to the deploy repo>"),
     )
 
@@ -200,6 +221,7 @@ def plan_fresh(options: Options, git: Git, paths: Paths, found: State | None) ->
             next_command=f"check the name with `git -C {paths.repo} branch -r`",
         )
     refuse_released_again(options, paths, found, base, incoming)
+    refuse_not_a_deploy_repo(options, git, paths, base, incoming)
     manifests, removed = services_between(git, paths.repo, base, incoming)
     ticket_scripts = tuple(
         f"releases/{name}"

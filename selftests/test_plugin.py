@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from selftests.support import engine
+
 #: What a pytest run outside a deploy repository must not load: the engine's
 #: machinery and what it brings in (the Docker SDK, HTTP, pydantic).
 HEAVY = ("docker", "httpx", "pydantic", "release_phases.host", "release_phases.context")
@@ -90,3 +92,18 @@ def test_outside_a_deploy_repository_the_error_says_where_it_looked(pytester, ar
     looked = where.format(path=pytester.path)
     assert f"no deploy repository at {looked}: it is not a git checkout" in err, err
     assert "or name that with --repo: pytest -m release --ticket 5 --repo <path" in err, err
+
+
+def test_a_git_checkout_without_any_service_is_refused_before_anything_is_pulled(deploy):
+    """This project's own clone, say: a checkout with an origin, and no packages/ at HEAD
+    nor on origin. Nothing is pulled, nothing written there."""
+    deploy.clone_prod()
+    deploy.write("releases/5-migrate.sh", "echo never\n")
+    deploy.commit("a ticket script, and still no service")
+    deploy.push()
+    head = deploy.prod_repo.head.commit.hexsha
+    run = engine.run(deploy.prod, "5")
+    assert run.rc == pytest.ExitCode.USAGE_ERROR, run
+    assert "is not a deploy repository: no packages/<service>/manifest.yaml" in run.output, run
+    assert deploy.prod_repo.head.commit.hexsha == head
+    assert not (deploy.prod / ".asd").exists() and not (deploy.prod / "reports").exists()

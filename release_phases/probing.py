@@ -158,7 +158,13 @@ def telling(service: str) -> health.OnRound:
 
 def told(service: str, result: HealthResult) -> None:
     """The wait's last progress line: how it ended."""
-    progress.say(service, f"{'healthy' if result.ok else 'not healthy'}: {result.summary}")
+    summary = result.summary
+    if result.ok:
+        # A summary of several kinds says "healthy by ..." itself.
+        line = summary if summary.startswith("healthy") else f"healthy: {summary}"
+    else:
+        line = f"not healthy: {summary}"
+    progress.say(service, line)
 
 
 def keep_logs(ctx: ReleaseContext, project: ComposeProject, step: Step) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from release_phases import backup, hostchecks, probing
+from release_phases import backup, hostchecks, probing, progress
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 from release_phases.host import QUERY_TIMEOUT, ComposeProject, git
@@ -347,7 +347,14 @@ def _restore_volumes(
         lines = restoring.volumes()
     if lines:
         step.detail("restore volumes", "\n".join(lines))
+    _tell(service, lines)
     return lines
+
+
+def _tell(service: str, lines: list[str]) -> None:
+    """What the restore did, on the terminal too: the data came back, or was set aside."""
+    for line in lines:
+        progress.say(service, line)
 
 
 def _restore_paths(
@@ -358,6 +365,7 @@ def _restore_paths(
         report = restoring.paths()
     undo = f"undo: stamp {report.undo_stamp} ({restoring.undo})"
     step.detail("restore", "\n".join([*report.actions[len(shown) :], undo]))
+    _tell(service, [*report.actions[len(shown) :], undo])
 
 
 def _restore_dump(ctx: ReleaseContext, service: str, restoring: backup.Restore, step: Step) -> None:
@@ -372,6 +380,7 @@ def _restore_dump(ctx: ReleaseContext, service: str, restoring: backup.Restore, 
     with _worded("restore-dump", before=f"{where}; its dump was not restored", then=rerun):
         lines = restoring.dump()
     step.detail("restore dump", "\n".join(lines))
+    _tell(service, lines)
 
 
 def _wait_healthy(

@@ -66,6 +66,8 @@ def test_a_completed_release_is_reverted(deploy, released_with_data, docker_clie
     assert run.rc == 0, run
     assert (run.state.phase, run.state.phase_status) == ("revert", "done")
     assert "ticket 1234: REVERTED" in run.output and "COMPLETE" not in run.output, run
+    # The terminal says the data came back, not only the report.
+    assert re.search(r"^web: volume web-data .*restored from 01-volume", run.output, re.M), run
     for svc in services.values():
         running = container(docker_client, svc)
         assert running.status == "running"

@@ -178,6 +178,18 @@ def backup_service(
         raise
 
 
+def refuse_unless_manager(ctx: ReleaseContext, service: str) -> None:
+    """A swarm service is released through a swarm manager, or not at all."""
+    if not ctx.host.swarm.is_manager():
+        raise ReleaseError(
+            f"{service} runs as a swarm stack (engine: swarm), and this Docker Engine is not "
+            "a swarm manager",
+            untouched="containers and data; the code alone was pulled",
+            next_command="run the release on a manager node (`docker node ls` lists them), "
+            "or make this one a manager (`docker swarm init`), then the same command",
+        )
+
+
 def refuse_remote_volumes(
     ctx: ReleaseContext, declared: Manifest, project: ComposeProject, *, untouched: str
 ) -> None:
@@ -221,6 +233,13 @@ def running_images(ctx: ReleaseContext, services: list[str]) -> tuple[dict[str, 
     notes: list[str] = []
     for service in services:
         declared, project = ctx.declared_before(service)
+        if declared.swarm:
+            refuse_unless_manager(ctx, service)
+            notes.append(
+                f"{service}: swarm stack {project.name}; its spec is "
+                f"packages/{service}/{declared.compose_file.name} at BASE_SHA "
+                f"{ctx.state.base_sha[:12]} with the image ids recorded here"
+            )
         for name in project.services:
             if declared.swarm:
                 # The tasks meant to run, with a container on this node.

@@ -244,6 +244,7 @@ class Swarm:
         return bool(self._info.get("ControlAvailable"))
 
     @property
+    @answering
     def node_id(self) -> str:
         """This node: where the containers the engine lists run."""
         return str(self._info.get("NodeID") or "")

@@ -457,3 +457,25 @@ def test_the_manifests_engine(extra: str, expected: str) -> None:
     except ConfigError as exc:
         found = exc.what
     assert expected in found
+
+
+@pytest.mark.docker
+@pytest.mark.swarm
+def test_a_swarm_service_added_by_a_release_is_deployed_and_its_revert_removes_it(
+    deploy: DeployRepo, stacks, docker_client: docker.DockerClient
+) -> None:
+    svc = stacks("add")
+    svc.compose["deploy"]["replicas"] = 1  # type: ignore[index]
+    # No proxy before the stack's network exists: its tasks' own health says it.
+    svc.health = {"docker": True, "timeout": 40}
+    deploy.clone_prod()
+    base = deploy.dev_repo.head.commit.hexsha
+    deploy.write_service(svc)
+    deploy.merge_feature("feature/add", "ticket: add a swarm service")
+    done = run(deploy.prod, "ADD-1", "--base-sha", base)
+    assert done.rc == 0, done
+    assert done.state.images == {}, done
+    assert docker_client.services.list(filters={"name": f"{svc.project}_web"}), done
+    reverted = run(deploy.prod, "ADD-1", mode="revert")
+    assert reverted.rc == 0, reverted
+    assert not docker_client.services.list(filters={"name": f"{svc.project}_web"})

@@ -159,7 +159,9 @@ def _run_hooks(
         step.detail(hook.name, result.output or "(no output)")
 
 
-def backup_stopped(ctx: ReleaseContext, service: str, project: ComposeProject, step: Step) -> None:
+def backup_stopped(
+    ctx: ReleaseContext, service: str, project: ComposeProject, step: Step
+) -> None:
     """`backup.when: stopped`: stop the old containers and archive, before `up`.
 
     Whether, and what, is what the running version declared (`declared_before`), as

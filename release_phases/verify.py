@@ -100,8 +100,9 @@ class Check:
             return
         opts = self.ctx.options
         if opts.mode == "release":
-            next_command = f"recheck: {opts.command('-k verify')}   or roll back: " + opts.command(
-                mode="revert"
+            next_command = (
+                f"recheck: {opts.command('-k verify')}   or roll back: "
+                + opts.command(mode="revert")
             )
         else:
             next_command = f"find out why (see the report), then {opts.command()}"

@@ -17,6 +17,7 @@ from release_phases.errors import ReleaseError
 from release_phases.host import ComposeProject, Host
 from release_phases.host.compose import project_of
 from release_phases.host.git import Git
+from release_phases.host.swarm import SwarmStack
 from release_phases.journal import Journal, Paths
 from release_phases.manifest import Manifest
 from release_phases.options import Options
@@ -77,6 +78,17 @@ class ReleaseContext:
     def project(self, manifest: Manifest) -> ComposeProject:
         """The compose project of a service, as its manifest in the worktree declares it."""
         return project_of(self.host.compose, manifest, self.options.stop_timeout)
+
+    def stack(self, project: ComposeProject) -> SwarmStack:
+        """The swarm stack of a service with `engine: swarm`: its compose project's name,
+        file and services. Without a registry (`release_pull = false`) the nodes run
+        the tags as they are (`--resolve-image never`)."""
+        return SwarmStack(
+            name=project.name,
+            file=project.file,
+            services=project.services,
+            resolve_image="changed" if self.options.pull else "never",
+        )
 
     def declared_before(self, service: str) -> tuple[Manifest, ComposeProject]:
         """The service as the running version declared it: its manifest at BASE_SHA, with

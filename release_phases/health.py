@@ -158,8 +158,12 @@ class Check(Protocol):
     def probe(self, timeout: float) -> Probe: ...
 
 
-def _now() -> str:
+def now() -> str:
+    """A probe's time: UTC, to the millisecond."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+_now = now
 
 
 def _describe(exc: Exception, timeout: float) -> str:

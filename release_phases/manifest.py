@@ -12,7 +12,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -118,6 +118,13 @@ class Manifest:
     #: Read as deployed (`parse(deployed=True)`): the unknown keys left out, each as
     #: `key is not a known key; did you mean ...?`.
     ignored: tuple[str, ...] = ()
+    #: `compose`: containers recreated by `docker compose up`; `swarm`: a Docker Swarm
+    #: stack named after the service, updated by `docker stack deploy`.
+    engine: str = "compose"
+
+    @property
+    def swarm(self) -> bool:
+        return self.engine == "swarm"
 
 
 def load_yaml(text: str, *, unique_keys: bool = False) -> Any:
@@ -279,6 +286,32 @@ class _ManifestDoc(_Doc):
     backup: _BackupDoc = _BackupDoc()
     e2e: _E2eDoc = _E2eDoc()
     after: list[NonEmptyStr] = Field(default_factory=list)
+    engine: Literal["compose", "swarm"] = "compose"
+
+    @field_validator("engine")
+    @classmethod
+    def _swarm_backup(cls, engine: str, info: ValidationInfo) -> str:
+        # A swarm task has no "created, not started" state to restore a path into, and
+        # no `compose exec` to dump through: only volumes are backed up for now.
+        # `backup` is declared before `engine`, so it has been read (if it was valid).
+        backup = info.data.get("backup")
+        if engine == "swarm" and isinstance(backup, _BackupDoc):
+            unsupported = [
+                key
+                for key, given in (
+                    ("backup.paths", bool(backup.paths)),
+                    ("backup.dump", backup.dump is not None),
+                    ("backup.when: stopped", backup.when == "stopped"),
+                )
+                if given
+            ]
+            if unsupported:
+                raise PydanticCustomError(
+                    "swarm_backup",
+                    "swarm backs up volumes only; {keys} cannot go with it (yet)",
+                    {"keys": ", ".join(unsupported)},
+                )
+        return engine
 
     @field_validator("compose_file")
     @classmethod
@@ -387,6 +420,7 @@ def parse(
         source=source,
         after=tuple(doc.after),
         ignored=ignored,
+        engine=doc.engine,
     )
 
 

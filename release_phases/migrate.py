@@ -243,20 +243,11 @@ def engine_gone(ctx: ReleaseContext) -> str:
     return ""
 
 
-def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.HealthResult:
-    manifest = ctx.manifest(service)
-    project = ctx.project(manifest)
+def recreate(ctx: ReleaseContext, manifest: Manifest, project: ComposeProject, step: Step) -> None:
+    """A compose service: (its backup, when taken stopped), then `compose up` of new
+    containers in place of the old ones."""
+    service = manifest.service
     resume = ctx.options.command("--from=migrate")
-    # Its images were built, pulled or found by the readiness step, which every
-    # migrate runs first (the phase is only ever selected whole).
-    _run_hooks(
-        ctx,
-        manifest,
-        PRE_HOOKS,
-        step,
-        untouched=f"{service}: not recreated, its old containers still run; the services "
-        "after it: not touched",
-    )
     backup_stopped(ctx, service, project, step)
     argv = project.up()
     ctx.host.say(
@@ -289,6 +280,63 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
         exc.step = "compose-up"
         raise
     step.detail("compose up", f"$ {render(argv)}\n{result.output}")
+
+
+def deploy_stack(
+    ctx: ReleaseContext, manifest: Manifest, project: ComposeProject, step: Step
+) -> None:
+    """A swarm service: `docker stack deploy` of its compose file, which asks Swarm to
+    update each service its way (`deploy.update_config`: start-first replaces a task
+    only once its successor runs, healthy when it has a HEALTHCHECK). The wait for
+    convergence follows, with the health checks."""
+    service = manifest.service
+    resume = ctx.options.command("--from=migrate")
+    stack = ctx.stack(project)
+    if not ctx.host.swarm.is_manager():
+        raise ReleaseError(
+            f"{service} runs as a swarm stack (engine: swarm), and this Docker Engine is not"
+            " a swarm manager",
+            untouched=f"{service}: nothing was deployed; the services after it: not touched",
+            next_command="run the release on a manager node (`docker node ls` lists them), "
+            f"or `docker swarm init` on this one; then {resume}",
+            step="stack-deploy",
+        )
+    argv = stack.deploy()
+    ctx.host.say(f"{service}: deploying stack {stack.name}; Swarm updates its tasks")
+    result = ctx.host.run(argv, timeout=ctx.options.compose_timeout, stream=True, check=False)
+    step.detail("stack deploy", f"$ {render(argv)}\n{result.output}")
+    if not result.ok:
+        probing.keep_logs(ctx, project, step, swarm=True)
+        how = "timed out" if result.timed_out else f"exited {result.returncode}"
+        raise ReleaseError(
+            f"`docker stack deploy` of {service} {how}: {result.tail(15)}",
+            untouched=f"the services after {service}: not touched; the stack's services may "
+            "be partly updated (see the tasks in the report)",
+            next_command=f"fix the cause, then {resume}   or roll back: "
+            + ctx.options.command(mode="revert"),
+            rc=result.returncode if result.returncode > 0 else 1,
+            step="stack-deploy",
+        )
+
+
+def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.HealthResult:
+    manifest = ctx.manifest(service)
+    project = ctx.project(manifest)
+    resume = ctx.options.command("--from=migrate")
+    # Its images were built, pulled or found by the readiness step, which every
+    # migrate runs first (the phase is only ever selected whole).
+    _run_hooks(
+        ctx,
+        manifest,
+        PRE_HOOKS,
+        step,
+        untouched=f"{service}: not recreated, its old containers still run; the services "
+        "after it: not touched",
+    )
+    if manifest.swarm:
+        deploy_stack(ctx, manifest, project, step)
+    else:
+        recreate(ctx, manifest, project, step)
     try:
         probed = probing.wait_until_healthy(ctx, manifest, project, step)
     except ReleaseError as exc:  # the engine stopped answering the wait's questions
@@ -299,11 +347,16 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
         exc.step = "health"
         raise
     if not probed.ok:
+        what = "did not converge and become healthy" if manifest.swarm else "did not become healthy"
+        tasks = f"\n{probing.swarm_tasks(ctx, project)}" if manifest.swarm else ""
         raise ReleaseError(
-            f"{service} did not become healthy ({probing.describe(manifest.health)}): "
-            f"{probed.summary}",
+            f"{service} {what} ({probing.describe(manifest.health)}): {probed.summary}{tasks}",
             untouched="the services after it: they were not touched; "
-            f"{service} runs the new containers, unhealthy",
+            + (
+                f"Swarm left {service}'s tasks as the report shows"
+                if manifest.swarm
+                else f"{service} runs the new containers, unhealthy"
+            ),
             next_command=f"read the container logs in the report, fix, then {resume}"
             f"   or roll back: {ctx.options.command(mode='revert')}",
             step="health",
@@ -318,7 +371,7 @@ def migrate_service(ctx: ReleaseContext, service: str, step: Step) -> health.Hea
             "not touched",
         )
     except ReleaseError:
-        probing.keep_logs(ctx, project, step)
+        probing.keep_logs(ctx, project, step, swarm=manifest.swarm)
         raise
     step.log_fields.update(health=probed.summary)
     return probed

@@ -12,10 +12,12 @@ from release_phases import backup, hostchecks
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 from release_phases.host import ComposeProject
+from release_phases.host.swarm import remote_tasks
 from release_phases.manifest import Manifest
 from release_phases.plan import services_between
 from release_phases.scripts import find_ticket_scripts
 from release_phases.state import image_key
+from release_phases.verify import task_images
 
 NOTHING_CHANGED = "everything: nothing was pulled, backed up or restarted"
 
@@ -160,6 +162,8 @@ def backup_service(
     """
     if declared.backup.when_stopped:
         return None
+    if declared.swarm:
+        refuse_remote_volumes(ctx, declared, project, untouched="everything: no backup was written")
     try:
         return backup.take(
             ctx.host,
@@ -172,6 +176,47 @@ def backup_service(
         # The pull is done (the ledger's next command carries --base-sha for it).
         exc.untouched = f"{exc.untouched}; the code alone was pulled, to {ctx.state.merge_sha[:12]}"
         raise
+
+
+def refuse_unless_manager(ctx: ReleaseContext, service: str) -> None:
+    """A swarm service is released through a swarm manager, or not at all."""
+    if not ctx.host.swarm.is_manager():
+        raise ReleaseError(
+            f"{service} runs as a swarm stack (engine: swarm), and this Docker Engine is not "
+            "a swarm manager",
+            untouched="containers and data; the code alone was pulled",
+            next_command="run the release on a manager node (`docker node ls` lists them), "
+            "or make this one a manager (`docker swarm init`), then the same command",
+        )
+
+
+def refuse_remote_volumes(
+    ctx: ReleaseContext, declared: Manifest, project: ComposeProject, *, untouched: str
+) -> None:
+    """A swarm service's volumes are backed up (and restored) where the engine runs: a
+    task on another node keeps its volume there, out of reach. Refused, naming the
+    node, until backups per node are supported (docs/swarm-multinode.md)."""
+    if not declared.backup.volumes:
+        return
+    swarm = ctx.host.swarm
+    stack = ctx.stack(project)
+    remote = [
+        (name, task)
+        for name in stack.service_names
+        for task in remote_tasks(swarm.tasks(name), swarm.node_id)
+    ]
+    if remote:
+        where = ", ".join(f"{name} {task.label} on node {task.node[:12]}" for name, task in remote)
+        raise ReleaseError(
+            f"backup of {declared.service}: its volumes "
+            f"({', '.join(declared.backup.volumes)}) live on the nodes its tasks run on, and "
+            f"some run on another node than this manager ({where}); a backup of a volume on "
+            "another node is not supported yet",
+            untouched=untouched,
+            next_command="pin the service to this node (deploy.placement.constraints: "
+            f"[node.id == {swarm.node_id[:12] or '<this node>'}]) and redeploy it, or remove "
+            f"its volumes from backup.volumes in {declared.source}; then the same command",
+        )
 
 
 def running_images(ctx: ReleaseContext, services: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -188,16 +233,31 @@ def running_images(ctx: ReleaseContext, services: list[str]) -> tuple[dict[str, 
     notes: list[str] = []
     for service in services:
         declared, project = ctx.declared_before(service)
+        if declared.swarm:
+            refuse_unless_manager(ctx, service)
+            notes.append(
+                f"{service}: swarm stack {project.name}; its spec is "
+                f"packages/{service}/{declared.compose_file.name} at BASE_SHA "
+                f"{ctx.state.base_sha[:12]} with the image ids recorded here"
+            )
         for name in project.services:
-            containers = ctx.host.engine.containers_of(project.name, name)
-            if not containers:
+            if declared.swarm:
+                # The tasks meant to run, with a container on this node.
+                tasks = [r for r in task_images(ctx, project, name) if r.status == "running"]
+                found_image = [(r.configured, r.image_id) for r in tasks]
+            else:
+                containers = ctx.host.engine.containers_of(project.name, name)
+                found_image = [
+                    (str(c.attrs["Config"]["Image"]), str(c.attrs["Image"])) for c in containers
+                ]
+            if not found_image:
                 continue
-            configured = str(containers[0].attrs["Config"]["Image"])
+            configured, image_id = found_image[0]
             if configured != declared.image.ref:
                 notes.append(
                     f"{service}/{name} runs {configured}, not {declared.image.ref} as its "
                     "manifest at BASE_SHA says: its image is not recorded"
                 )
                 continue
-            found[image_key(service, project.services, name)] = str(containers[0].attrs["Image"])
+            found[image_key(service, project.services, name)] = image_id
     return found, notes

@@ -9,14 +9,18 @@ timeout would only delay the same answer.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from release_phases import health, progress
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 from release_phases.health import Check, HealthResult
+from release_phases.host import QUERY_TIMEOUT
+from release_phases.host import swarm as swarm_host
 from release_phases.host.compose import LOG_TAIL, ComposeProject
 from release_phases.host.shell import INTERRUPTED, Result, render
+from release_phases.host.swarm import Swarm
 from release_phases.manifest import Health, Manifest
 from release_phases.steps import Step
 
@@ -40,7 +44,10 @@ def describe(declared: Health) -> str:
 
 
 def checks(ctx: ReleaseContext, manifest: Manifest, project: ComposeProject) -> list[Check]:
-    """One check per declared kind; Docker's health, one per container."""
+    """One check per declared kind; Docker's health, one per container. A swarm service
+    is first checked for convergence (`swarm_checks`)."""
+    if manifest.swarm:
+        return swarm_checks(ctx, manifest, project)
     declared = manifest.health
     found: list[Check] = []
     if declared.endpoint is not None:
@@ -72,14 +79,94 @@ def _none() -> str | None:
     return None
 
 
+class ConvergedCheck:
+    """A swarm service has converged: every task of its spec runs (`swarm.convergence`)."""
+
+    kind = "swarm"
+
+    def __init__(self, swarm: Swarm, name: str) -> None:
+        self.swarm = swarm
+        self.target = name
+
+    def probe(self, timeout: float) -> health.Probe:
+        at = health.now()
+        began = time.monotonic()
+        try:
+            found = self.swarm.converged(self.target)
+            said, passed = found.said, found.done
+        except ReleaseError as exc:
+            said, passed = f"cannot read its tasks: {exc.what}", False
+        latency = (time.monotonic() - began) * 1000
+        return health.Probe(
+            at=at, latency_ms=latency, kind=self.kind, target=self.target, passed=passed, said=said
+        )
+
+
+def swarm_checks(ctx: ReleaseContext, manifest: Manifest, project: ComposeProject) -> list[Check]:
+    """A swarm service's checks: each of its swarm services converged, then the declared
+    kinds. The endpoint and tcp kinds are asked as for compose (a port published on this
+    host); `docker` and `command` ask the containers of the tasks meant to run now,
+    found again at every probe, since an update replaces them."""
+    stack = ctx.stack(project)
+    swarm = ctx.host.swarm
+    declared = manifest.health
+    found: list[Check] = [ConvergedCheck(swarm, name) for name in stack.service_names]
+    if declared.endpoint is not None:
+        found.append(health.HttpCheck(declared.endpoint, declared.expected_code))
+    if declared.tcp is not None:
+        found.append(health.TcpCheck(*declared.tcp_address))
+    if declared.docker:
+        for name in stack.service_names:
+
+            def status(name: str = name) -> str | None:
+                return tasks_health(ctx, name)
+
+            found.append(health.DockerHealthCheck(f"tasks of {name}", status))
+    if declared.command:
+        first = stack.service_names[0]
+
+        def run(timeout: float) -> Result:
+            here, _ = swarm.running(first)
+            if not here:
+                return Result(argv=[], returncode=1, duration=0.0, output=f"no task of {first}")
+            argv = swarm_host.exec_argv(here[0].container_id, declared.command)
+            return ctx.host.run(argv, timeout=timeout, check=False)
+
+        found.append(health.CommandCheck(declared.command, run, render(declared.command)))
+    return found
+
+
+def tasks_health(ctx: ReleaseContext, name: str) -> str | None:
+    """`healthy` when the container of every task meant to run says so; else what the
+    first that does not says (`starting`, `unhealthy`, `none`), naming its task."""
+    here, elsewhere = ctx.host.swarm.running(name)
+    if elsewhere:
+        return f"{len(elsewhere)} task(s) on other nodes: their health cannot be read here"
+    if not here:
+        return f"no task of {name} runs"
+    for task in here:
+        if not task.container_id:
+            return f"{task.label}: no container yet"
+        said = ctx.host.engine.state(task.container_id).health
+        if said != "healthy":
+            return (
+                f"{task.label}: {said or 'no HEALTHCHECK (image or compose healthcheck: needed)'}"
+            )
+    return "healthy"
+
+
 def _close(found: Sequence[Check]) -> None:
     for check in found:
         if isinstance(check, health.HttpCheck):
             check.close()
 
 
-def watch(ctx: ReleaseContext, project: ComposeProject) -> health.Watch:
-    """Says why waiting is pointless: a container of the service exited or restarted."""
+def watch(ctx: ReleaseContext, project: ComposeProject, *, swarm: bool = False) -> health.Watch:
+    """Says why waiting is pointless: a container of the service exited or restarted; for
+    a swarm service, Swarm paused or rolled back its update (a task that exits is
+    replaced by Swarm, so it is no reason to stop)."""
+    if swarm:
+        return swarm_watch(ctx, project)
     engine = ctx.host.engine
     containers = engine.containers_of_all(project.name, project.services)
     restarts = {str(c.id): int(c.attrs.get("RestartCount") or 0) for c in containers}
@@ -105,6 +192,21 @@ def watch(ctx: ReleaseContext, project: ComposeProject) -> health.Watch:
     return why
 
 
+def swarm_watch(ctx: ReleaseContext, project: ComposeProject) -> health.Watch:
+    names = ctx.stack(project).service_names
+
+    def why() -> str:
+        if INTERRUPTED.is_set():
+            return "the run was stopped"
+        for name in names:
+            stopped = ctx.host.swarm.converged(name).stopped
+            if stopped:
+                return stopped
+        return ""
+
+    return why
+
+
 def wait_until_healthy(
     ctx: ReleaseContext, manifest: Manifest, project: ComposeProject, step: Step
 ) -> HealthResult:
@@ -117,7 +219,7 @@ def wait_until_healthy(
             found,
             manifest.health.timeout,
             expected_code=manifest.health.expected_code,
-            watch=watch(ctx, project),
+            watch=watch(ctx, project, swarm=manifest.swarm),
             on_round=telling(manifest.service),
         )
     finally:
@@ -125,7 +227,7 @@ def wait_until_healthy(
     told(manifest.service, probed)
     step.detail("health probes", probe_table(probed))
     if not probed.ok:
-        keep_logs(ctx, project, step)
+        keep_logs(ctx, project, step, swarm=manifest.swarm)
     return probed
 
 
@@ -167,14 +269,39 @@ def told(service: str, result: HealthResult) -> None:
     progress.say(service, line)
 
 
-def keep_logs(ctx: ReleaseContext, project: ComposeProject, step: Step) -> None:
+def keep_logs(
+    ctx: ReleaseContext, project: ComposeProject, step: Step, *, swarm: bool = False
+) -> None:
     """The containers' log tail, into the step's report details. When there is none,
-    it says why: a container that printed nothing, or none there to print."""
+    it says why: a container that printed nothing, or none there to print. For a swarm
+    service: its tasks, states and errors (`docker service ps --no-trunc`) and its logs."""
+    if swarm:
+        stack = ctx.stack(project)
+        step.detail("tasks", swarm_tasks(ctx, project))
+        for key in stack.services:
+            argv = stack.logs(key)
+            result = ctx.host.run(argv, check=False, timeout=QUERY_TIMEOUT)
+            step.detail(
+                f"service logs of {stack.service_name(key)} (last {LOG_TAIL} lines)",
+                f"$ {render(argv)}\n{result.output or '(nothing)'}",
+            )
+        return
     who = step.service or " ".join(project.services)
     tail = ctx.host.logs(project)
     if not tail.strip():
         tail = printed_nothing(ctx, project)
     step.detail(f"container logs of {who} (last {LOG_TAIL} lines)", tail)
+
+
+def swarm_tasks(ctx: ReleaseContext, project: ComposeProject) -> str:
+    """The tasks of a swarm service's stack, with their states and whole errors."""
+    stack = ctx.stack(project)
+    shown = []
+    for key in stack.services:
+        argv = stack.ps(key)
+        result = ctx.host.run(argv, check=False, timeout=QUERY_TIMEOUT)
+        shown.append(f"$ {render(argv)}\n{result.output.rstrip()}")
+    return "\n".join(shown)
 
 
 def printed_nothing(ctx: ReleaseContext, project: ComposeProject) -> str:

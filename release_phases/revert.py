@@ -8,15 +8,19 @@ no commit yet is dropped and applied again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from release_phases import backup, hostchecks, probing, progress
+from release_phases import backup, hostchecks, prepare, probing, progress
 from release_phases.context import ReleaseContext
 from release_phases.errors import ReleaseError
 from release_phases.host import QUERY_TIMEOUT, ComposeProject, git
+from release_phases.host.compose import stack_name
 from release_phases.host.engine import tag_argv
 from release_phases.host.shell import render
+from release_phases.host.swarm import SwarmStack
 from release_phases.manifest import Manifest
 from release_phases.state import image_key
 from release_phases.steps import Step
@@ -194,6 +198,8 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
         _while_running(
             ctx, service, step, "restore preflight (before anything stops)", restoring.preflight
         )
+    if manifest is None and _remove_stack(ctx, service, step):
+        return
     if manifest is None:
         # Added by the release: its compose file went with the revert.
         # Compose labels its containers with the directory of the compose file.
@@ -208,6 +214,9 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
         return
     project = ctx.project(manifest)
     step.detail("images", "\n".join(bring_back_images(ctx, manifest, project)))
+    if manifest.swarm:
+        _restore_stack(ctx, manifest, project, restoring, step)
+        return
     if restoring is not None:
         _while_running(
             ctx,
@@ -240,6 +249,99 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     if restoring is not None and restoring.dumps:
         _restore_dump(ctx, service, restoring, step)
         _wait_healthy(ctx, manifest, project, step, f"{service}'s dump was restored")
+
+
+def _remove_stack(ctx: ReleaseContext, service: str, step: Step) -> bool:
+    """A swarm service the release added: `docker stack rm` of its stack (its volumes
+    stay, as compose's do). False when no such stack runs."""
+    stack = SwarmStack(stack_name(service), Path(), ())
+    if not ctx.host.swarm.is_manager() or not ctx.host.swarm.stack_services(stack.name):
+        return False
+    argv = stack.remove()
+    with _worded("stack-rm", untouched=f"{service}: its stack may be partly removed"):
+        removed = ctx.host.run(argv, timeout=ctx.options.compose_timeout)
+    step.detail(
+        "removed",
+        f"{service} did not exist before the release; removed its stack\n"
+        f"$ {render(argv)}\n{removed.output}",
+    )
+    return True
+
+
+def _restore_stack(
+    ctx: ReleaseContext,
+    manifest: Manifest,
+    project: ComposeProject,
+    restoring: backup.Restore | None,
+    step: Step,
+) -> None:
+    """A swarm service: its tasks scaled to 0 (Swarm keeps the service and its spec),
+    its volumes restored, then the reverted compose file deployed again, which brings
+    back its replicas at the recorded image, and the wait for convergence and health.
+
+    Not `docker service rollback`: that goes back one update only (a release may have
+    made several), and knows nothing of the data."""
+    service = manifest.service
+    stack = ctx.stack(project)
+    if restoring is not None:
+        prepare.refuse_remote_volumes(
+            ctx,
+            manifest,
+            project,
+            untouched=f"{service}: still running, nothing was stopped or restored",
+        )
+    scale = stack.scale(0)
+    ctx.host.say(f"{service}: scaling its stack {stack.name} to 0 tasks")
+    with _worded(
+        "stack-stop",
+        untouched=f"{service}: its data; its tasks may be partly stopped",
+        then=ctx.options.command(),
+    ):
+        scaled = ctx.host.run(scale, timeout=ctx.options.compose_timeout)
+        waited = _wait_stopped(ctx, stack)
+    step.detail("service scale", f"$ {render(scale)}\n{scaled.output}{waited}")
+    try:
+        if restoring is not None:
+            _restore_volumes(ctx, service, restoring, step)
+            step.detail("undo", restoring.undo)
+        else:
+            step.detail("data", "--skip-data: the backup was not restored")
+    except BaseException:
+        if restoring is not None:
+            restoring.abandon()
+        raise
+    deploy = stack.deploy()
+    with _worded(
+        "stack-deploy",
+        untouched=f"{service}: scaled to 0 tasks"
+        + (", its volumes restored" if restoring is not None else ""),
+        then=ctx.options.command(),
+    ):
+        deployed = ctx.host.run(deploy, timeout=ctx.options.compose_timeout, stream=True)
+    step.detail("stack deploy", f"$ {render(deploy)}\n{deployed.output}")
+    _wait_healthy(ctx, manifest, project, step, f"{service} is back at the old code")
+
+
+def _wait_stopped(ctx: ReleaseContext, stack: SwarmStack) -> str:
+    """Wait until no container of the stack's tasks runs on this node; what was waited."""
+    began = time.monotonic()
+    deadline = began + ctx.options.compose_timeout
+    while True:
+        running = [
+            str(c.name)
+            for name in stack.service_names
+            for c in ctx.host.swarm.containers(stack.name, name)
+            if c.status not in ("created", "exited", "dead")
+        ]
+        if not running:
+            return f"\nno task of {stack.name} runs any more ({time.monotonic() - began:.1f}s)"
+        if time.monotonic() > deadline:
+            raise ReleaseError(
+                f"the tasks of {stack.name} still run after scaling it to 0: {', '.join(running)}",
+                untouched="its data: nothing was restored",
+                next_command=f"see `{render(['docker', 'stack', 'ps', stack.name])}`",
+            )
+        time.sleep(0.2)
 
 
 def _checked_backup(ctx: ReleaseContext, service: str, manifest: Manifest) -> backup.Restore:

@@ -113,6 +113,9 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:
         return key, f"must be {_WANTED[kind]}, got {type(value).__name__} {_show(value)}"
     if kind in ("string_too_short", "too_short"):
         return key, "must not be empty"
+    if kind == "literal_error":
+        expected = str((err.get("ctx") or {}).get("expected", "")).replace("'", "")
+        return key, f"must be one of {expected}, got {_show(value)}"
     if kind == "finite_number":
         return key, f"must be a finite number, got {_show(value)}"
     # Our own checks raise PydanticCustomError with the project's wording; any other

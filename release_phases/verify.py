@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from release_phases import health, probing
 from release_phases.context import ReleaseContext
 from release_phases.errors import ConfigError, ReleaseError
+from release_phases.host.compose import ComposeProject
 from release_phases.manifest import Manifest
 
 
@@ -50,11 +51,37 @@ class RunningImage:
 
 
 def running_images(ctx: ReleaseContext, service: str) -> list[RunningImage]:
-    project = ctx.project(ctx.manifest(service))
+    manifest = ctx.manifest(service)
+    project = ctx.project(manifest)
+    if manifest.swarm:
+        return [r for key in project.services for r in task_images(ctx, project, key)]
     return [
         RunningImage(str(c.name), c.attrs["Config"]["Image"], c.attrs["Image"], c.status)
         for c in ctx.host.engine.containers_of_all(project.name, project.services)
     ]
+
+
+def task_images(ctx: ReleaseContext, project: ComposeProject, key: str) -> list[RunningImage]:
+    """What each task Swarm means to run of compose service ``key`` runs: the image its
+    spec names, and the id of its container's image. A task on another node, or not
+    started yet, has no container to read here: its status says so, and a check
+    counts it as not running."""
+    name = ctx.stack(project).service_name(key)
+    here, elsewhere = ctx.host.swarm.running(name)
+    found = []
+    for task in here:
+        label = f"{name} {task.label}"
+        if not task.container_id:
+            found.append(RunningImage(label, task.image, "(no container yet)", task.state))
+            continue
+        attrs = ctx.host.engine.inspect(task.container_id)
+        container = f"{label} {str(attrs.get('Name', '')).lstrip('/')}"
+        state = str((attrs.get("State") or {}).get("Status", "?"))
+        found.append(RunningImage(container, task.image, str(attrs.get("Image")), state))
+    for task in elsewhere:
+        where = f"on node {task.node[:12]}, not readable from this one"
+        found.append(RunningImage(f"{name} {task.label}", task.image, "(another node)", where))
+    return found
 
 
 @dataclass(frozen=True)
@@ -99,7 +126,8 @@ def image(ctx: ReleaseContext, service: str) -> Check:
     ]
     report = "\n".join(lines)
     if not running:
-        return Check(ctx, service, "image", False, report, "it has no container")
+        what = "no task meant to run" if manifest.swarm else "no container"
+        return Check(ctx, service, "image", False, report, f"it has {what}")
     stopped = [r.container for r in running if r.status != "running"]
     if stopped:
         problem = f"not running: {', '.join(stopped)}"

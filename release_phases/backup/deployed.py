@@ -51,11 +51,23 @@ class Deployed:
         return render(self.project.argv(*args))
 
     def containers(self) -> list[Container]:
+        """Its containers, stopped ones too; a swarm service's: those of its tasks on this
+        node, found by Swarm's labels (the exited ones of replaced tasks included)."""
+        if self.manifest.swarm:
+            return [c for key in self.manifest.containers for c in self._task_containers(key)]
         return self.engine.containers_of_all(self.project.name, self.manifest.containers)
 
     def first_container(self) -> Container | None:
-        mine = self.engine.containers_of(self.project.name, self.manifest.containers[0])
+        if self.manifest.swarm:
+            mine = self._task_containers(self.manifest.containers[0])
+            # A running one first: its image is the one the service runs now.
+            mine.sort(key=lambda c: c.status != "running")
+        else:
+            mine = self.engine.containers_of(self.project.name, self.manifest.containers[0])
         return mine[0] if mine else None
+
+    def _task_containers(self, key: str) -> list[Container]:
+        return self.host.swarm.containers(self.project.name, f"{self.project.name}_{key}")
 
     def resolve(self, key: str) -> Volume | None:
         """Compose names a volume `<project>_<key>`, or `<key>` when it is external."""

@@ -30,6 +30,7 @@ from release_phases.host.compose import (
 from release_phases.host.engine import Engine
 from release_phases.host.git import Git
 from release_phases.host.shell import Argv, CommandFailed, Result, Runner, render
+from release_phases.host.swarm import Swarm
 
 #: Seconds a short query of Compose (its version, its config) may take.
 QUERY_TIMEOUT = 60.0
@@ -49,6 +50,11 @@ class Host:
     @cached_property
     def engine(self) -> Engine:
         return Engine()
+
+    @cached_property
+    def swarm(self) -> Swarm:
+        """The engine's swarm (stacks, services, tasks), through the same SDK client."""
+        return Swarm(self.engine.client)
 
     @cached_property
     def compose(self) -> Compose:

@@ -246,6 +246,12 @@ def normalize_project_name(name: str) -> str:
     return kept.lstrip("_-")
 
 
+def stack_name(service: str) -> str:
+    """The stack of a swarm service: its name as Compose would make a project name of
+    it, so that Compose reads its file under the same name."""
+    return normalize_project_name(service)
+
+
 def project_name(compose_file: Path, text: str | None = None) -> str:
     """The compose file's ``name:``, else its directory's name, normalised.
 
@@ -419,9 +425,12 @@ def project_of(
 ) -> ComposeProject:
     """The compose project a manifest declares; ``text`` is the compose file's content at
     a commit other than the worktree's (see `project_name`)."""
+    # A swarm service's stack is named after the service, as a project name would be
+    # made of it; Compose still reads its file under that name (`config`).
+    name = stack_name(manifest.service) if manifest.swarm else None
     return ComposeProject(
         compose=compose,
-        name=project_name(manifest.compose_file, text),
+        name=name or project_name(manifest.compose_file, text),
         file=manifest.compose_file,
         services=manifest.containers,
         stop_timeout=stop_timeout,

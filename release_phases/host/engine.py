@@ -168,6 +168,12 @@ class Engine:
             health=(state.get("Health") or {}).get("Status"),
         )
 
+    @answering
+    def inspect(self, container: str) -> dict[str, Any]:
+        """A container as `docker inspect` shows it (read afresh), by name or id."""
+        attrs: dict[str, Any] = self.client.containers.get(container).attrs
+        return attrs
+
     # -- images and volumes -------------------------------------------------------------
     @answering
     def image_id(self, ref: str) -> str | None:

@@ -42,6 +42,11 @@ class Service:
     backup: dict[str, object] | None = None
     #: driver_opts of its volumes (the local driver's): a bind of another directory, say.
     volume_options: dict[str, str] | None = None
+    #: The manifest's engine: `swarm` writes a stack file (no `name:`, no port of its own;
+    #: the stack is named after the service, which `project` must then be).
+    engine: str = "compose"
+    #: Merged into the compose file's top level (networks: ...).
+    top: dict[str, object] = field(default_factory=dict)
 
     @property
     def endpoint(self) -> str:
@@ -102,15 +107,19 @@ class DeployRepo:
             manifest["backup"] = svc.backup
         elif svc.volumes or svc.paths:
             manifest["backup"] = {"volumes": list(svc.volumes), "paths": list(svc.paths)}
+        if svc.engine != "compose":
+            manifest["engine"] = svc.engine
         manifest.update(extra_manifest or {})
         (pkg / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-        compose = {
-            "name": svc.project,
+        swarm = svc.engine == "swarm"
+        compose: dict[str, object] = {
+            # `docker stack deploy` refuses `name:`; a stack is named on its command line.
+            **({} if swarm else {"name": svc.project}),
             "services": {
                 c: {
                     "image": svc.image,
                     "labels": {LABEL: self.run_label},
-                    "ports": [f"127.0.0.1:{svc.port}:{HTTP_PORT}"] if i == 0 else [],
+                    "ports": [f"127.0.0.1:{svc.port}:{HTTP_PORT}"] if i == 0 and not swarm else [],
                     "volumes": [f"{v}:/data/{v}" for v in svc.volumes],
                     "stop_grace_period": "1s",
                     **svc.compose,
@@ -126,6 +135,7 @@ class DeployRepo:
                 }
                 for v in svc.volumes
             }
+        compose.update(svc.top)
         (pkg / "compose.yaml").write_text(yaml.safe_dump(compose, sort_keys=False))
 
     def write(self, relpath: str, text: str, mode: int | None = None) -> Path:

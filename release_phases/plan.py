@@ -105,19 +105,27 @@ def check_repo(options: Options) -> None:
 def refuse_not_a_deploy_repo(
     options: Options, git: Git, paths: Paths, base: str, incoming: str
 ) -> None:
-    """A git checkout that holds no service, neither now nor on origin, is not a deploy
-    repository (this project's own clone, say): nothing there may be pulled or run."""
+    """A git checkout that holds no service, neither now nor on origin, and whose merge
+    brings no script of this ticket either, is not a deploy repository (this project's
+    own clone, say): nothing there may be pulled or run. A ticket-script-only release
+    of a repository without services stays possible: its merge brings the script."""
     if any(
         PurePosixPath(f).name == "manifest.yaml" and f.count("/") == 2
         for ref in dict.fromkeys((base, incoming))
         for f in git.files_in(ref, ["packages"])
     ):
         return
+    merged = git.changed_files(base, incoming) if base != incoming else []
+    if any(
+        f.startswith("releases/") and scripts.is_ticket_script(f.split("/", 1)[1], options.ticket)
+        for f in merged
+    ):
+        return
     here = replace(options, repo=Path.cwd())
     raise ConfigError(
         f"{paths.repo} ({options.repo_source}) is not a deploy repository: no"
-        f" packages/<service>/manifest.yaml at HEAD or at origin/{options.branch};"
-        " nothing was pulled",
+        f" packages/<service>/manifest.yaml at HEAD or at origin/{options.branch}, and"
+        f" no releases/{options.ticket}-* script merged since HEAD; nothing was pulled",
         next_command="run it in the deploy repository, or name that with --repo: "
         + here.command("--repo <path to the deploy repo>"),
     )

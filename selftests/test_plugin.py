@@ -95,11 +95,15 @@ def test_outside_a_deploy_repository_the_error_says_where_it_looked(pytester, ar
 
 
 def test_a_git_checkout_without_any_service_is_refused_before_anything_is_pulled(deploy):
-    """This project's own clone, say: a checkout with an origin, and no packages/ at HEAD
-    nor on origin. Nothing is pulled, nothing written there."""
-    deploy.clone_prod()
+    """This project's own clone, say: a checkout with an origin, no packages/ at HEAD nor
+    on origin, and a ticket script it held already (the merge brings none). Nothing is
+    pulled, nothing written there."""
     deploy.write("releases/5-migrate.sh", "echo never\n")
-    deploy.commit("a ticket script, and still no service")
+    deploy.commit("a ticket script, and no service")
+    deploy.push()
+    deploy.clone_prod()
+    deploy.write("README.md", "changed on origin\n")
+    deploy.commit("something new on origin, still no service")
     deploy.push()
     head = deploy.prod_repo.head.commit.hexsha
     run = engine.run(deploy.prod, "5")

@@ -304,9 +304,10 @@ class _Output:
         self.masked = secrets.stream()
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.chunks: list[str] = []
-        # Echoed whole lines at a time: commands run side by side (`--parallel`) do not
-        # cut each other's lines, and the terminal's writer takes lines.
-        self.by_line = True
+        # Echoed whole lines at a time to the terminal's writer, which takes lines, and
+        # from a worker thread: commands run side by side (`--parallel`) do not cut
+        # each other's lines. Elsewhere a partial line ("working...") shows at once.
+        self.by_line = echo is TERMINAL or threading.current_thread() is not threading.main_thread()
         self.partial = ""
 
     def feed(self, data: bytes, *, final: bool = False) -> None:

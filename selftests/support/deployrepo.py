@@ -16,11 +16,20 @@ import yaml
 
 from selftests.support.images import HEALTH_PATH, HTTP_PORT, LABEL
 
+#: Ports handed out in this session, never handed out twice: the kernel may offer a port
+#: again as soon as an earlier test's container is gone, while the Docker daemon still
+#: counts it allocated ("port is already allocated", seen once in a CI run).
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass

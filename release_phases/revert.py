@@ -225,7 +225,7 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
             "set aside before stopping (so the revert can be undone)",
             restoring.set_aside_dump,
         )
-    try:
+    with _abandoned_on_failure(restoring):
         _stop(ctx, service, project, step)
         shown = _restore_volumes(ctx, service, restoring, step) if restoring is not None else []
         _create(ctx, service, project, step, restored=restoring is not None)
@@ -233,10 +233,6 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
             _restore_paths(ctx, service, restoring, step, shown)
         else:
             step.detail("data", "--skip-data: the backup was not restored")
-    except BaseException:
-        if restoring is not None:
-            restoring.abandon()
-        raise
     start = project.start()
     with _worded(
         "compose-start",
@@ -300,16 +296,12 @@ def _restore_stack(
         scaled = ctx.host.run(scale, timeout=ctx.options.compose_timeout)
         waited = _wait_stopped(ctx, stack)
     step.detail("service scale", f"$ {render(scale)}\n{scaled.output}{waited}")
-    try:
+    with _abandoned_on_failure(restoring):
         if restoring is not None:
             _restore_volumes(ctx, service, restoring, step)
             step.detail("undo", restoring.undo)
         else:
             step.detail("data", "--skip-data: the backup was not restored")
-    except BaseException:
-        if restoring is not None:
-            restoring.abandon()
-        raise
     deploy = stack.deploy()
     with _worded(
         "stack-deploy",
@@ -394,6 +386,17 @@ def _worded(step: str, *, untouched: str = "", before: str = "", then: str = "")
         exc.untouched = "; ".join(p for p in (before, untouched or exc.untouched) if p)
         if then:
             exc.next_command = f"{exc.next_command}; then {then}" if exc.next_command else then
+        raise
+
+
+@contextmanager
+def _abandoned_on_failure(restoring: backup.Restore | None) -> Iterator[None]:
+    """A restore the block does not finish is abandoned (see `Restore.abandon`)."""
+    try:
+        yield
+    except BaseException:
+        if restoring is not None:
+            restoring.abandon()
         raise
 
 

@@ -131,6 +131,23 @@ def volumes(docker_client: docker.DockerClient) -> Iterator[Callable[[str], None
             docker_client.volumes.get(name).remove(force=True)
 
 
+def up_on_external(
+    deploy: DeployRepo, svc: Service, name: str, request: pytest.FixtureRequest
+) -> Manifest:
+    """Write `svc` mounting the external volume `name` at /data/<svc>, backing it up, and
+    bring it up (taken down afterwards)."""
+    deploy.write_service(svc, extra_manifest={"backup": {"volumes": [name]}})
+    compose_file = deploy.dev / "packages" / svc.name / "compose.yaml"
+    spec = yaml.safe_load(compose_file.read_text())
+    spec["services"][svc.name]["volumes"] = [f"{name}:/data/{svc.name}"]
+    spec["volumes"] = {name: {"external": True}}
+    compose_file.write_text(yaml.safe_dump(spec))
+    manifest = load(deploy.dev, svc.name)
+    request.addfinalizer(lambda: compose(svc, manifest, "down"))
+    compose(svc, manifest, "up", "-d")
+    return manifest
+
+
 def members(record: BackupRecord, kind: str) -> set[str]:
     (entry,) = [e for e in record.entries if e.kind == kind]
     assert entry.archive is not None
@@ -217,15 +234,7 @@ def test_an_external_volume_is_restored_and_stays_one_made_by_hand(
     name = f"{svc.project}-shared"
     volumes(name)  # by hand, as an operator makes an external volume
     made = docker_client.volumes.get(name).attrs
-    deploy.write_service(svc, extra_manifest={"backup": {"volumes": [name]}})
-    compose_file = deploy.dev / "packages" / "ext" / "compose.yaml"
-    spec = yaml.safe_load(compose_file.read_text())
-    spec["services"]["ext"]["volumes"] = [f"{name}:/data/ext"]
-    spec["volumes"] = {name: {"external": True}}
-    compose_file.write_text(yaml.safe_dump(spec))
-    manifest = load(deploy.dev, svc.name)
-    request.addfinalizer(lambda: compose(svc, manifest, "down"))
-    compose(svc, manifest, "up", "-d")
+    manifest = up_on_external(deploy, svc, name, request)
     ext = Box(docker_client, svc)
     ext.write("/data/ext/kept", BINARY)
     record = take(host, manifest, project(svc, manifest), root)
@@ -797,15 +806,7 @@ def test_a_volume_bound_elsewhere_goes_through_the_api_and_comes_back(
         labels={LABEL: "test_backup"},
     )
     request.addfinalizer(lambda: docker_client.volumes.get(name).remove(force=True))
-    deploy.write_service(svc, extra_manifest={"backup": {"volumes": [name]}})
-    compose_file = deploy.dev / "packages" / "bound" / "compose.yaml"
-    spec = yaml.safe_load(compose_file.read_text())
-    spec["services"]["bound"]["volumes"] = [f"{name}:/data/bound"]
-    spec["volumes"] = {name: {"external": True}}
-    compose_file.write_text(yaml.safe_dump(spec))
-    manifest = load(deploy.dev, svc.name)
-    request.addfinalizer(lambda: compose(svc, manifest, "down"))
-    compose(svc, manifest, "up", "-d")
+    manifest = up_on_external(deploy, svc, name, request)
     box = Box(docker_client, svc)
     box.write("/data/bound/kept", BINARY)
     assert engine.readable_directory(docker_client.volumes.get(name).attrs, None) is None

@@ -72,9 +72,13 @@ def remove_stack(client: docker.DockerClient, stack: str, timeout: float = 60) -
             service.remove()
     label = {"label": f"{STACK_LABEL}={stack}"}
     deadline = time.monotonic() + timeout
-    while client.containers.list(all=True, filters=label) and time.monotonic() < deadline:
+    # Sparse: a full list inspects each container, and fails on one Swarm removes between
+    # the listing and its inspection (seen in a CI run).
+    while client.containers.list(all=True, filters=label, sparse=True) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.3)
-    for container in client.containers.list(all=True, filters=label):
+    for container in client.containers.list(all=True, filters=label, sparse=True):
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
     for network in client.networks.list(filters=label):

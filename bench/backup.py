@@ -1,13 +1,21 @@
-"""Benchmark 5: the engine's backup of a volume against `tar` of the volume's mountpoint
-on the same machine, and the engine's memory as the volume grows.
+"""Benchmark 5: the engine's backup and restore of a volume against `tar` of the
+volume's mountpoint on the same machine, and the engine's memory as the volume grows.
 
-The engine runs prepare alone (`-k prepare`); its figure is the backup step's own
-time as its log records it (`backup_seconds`: the archive, its checksum, its fsync and
-the record). Speed: tar's seconds / the engine's seconds (>= 0.9: the engine is at
-least nine tenths as fast as tar), against tar alone and against tar followed by an
-fsync of its archive, which is what the engine does (a backup not yet on disk is not
-one). Medians of rounds that take turns. Memory: the engine's peak RSS, which should
-not grow with the volume.
+Backup: the engine runs prepare alone (`-k prepare`); its figure is the backup step's
+own time as its log records it (`backup_seconds`: the archive, its checksum, its fsync
+and the record). Against tar alone, and against tar followed by an fsync of its
+archive, which is what the engine does (a backup not yet on disk is not one).
+
+Restore: the engine then reverts the data alone (`pytest -m revert --skip-git`); its
+figures are the restore step's own as its log records them: `fill_seconds` (the
+volume removed, created again and filled from the backup) and `check_seconds` (the
+volume read back and compared with the backup, which tar does not do). Against
+`tar -x` of the same archive into an empty directory on the same filesystem. The
+revert's set-aside of what stood there is a backup, measured above, and is left out.
+
+Speed: tar's seconds / the engine's seconds (>= 0.9: the engine is at least nine
+tenths as fast as tar). Medians of rounds that take turns. Memory: the engine's peak
+RSS, which should not grow with the volume.
 """
 
 from __future__ import annotations
@@ -53,39 +61,74 @@ def _tar(source: Path) -> tuple[float, float]:
         shutil.rmtree(out)
 
 
-def _prepare(mib: int, rounds: int) -> dict[str, float]:
-    """Medians of `rounds` backups of a volume of `mib` MiB each way, taking turns:
-    engine seconds, tar seconds (without and with fsync); the engine's peak RSS MiB."""
-    engine: list[float] = []
-    tar: list[float] = []
-    synced: list[float] = []
+def _untar(archive: Path) -> float:
+    """Seconds for `tar -x` of the archive into an empty directory on the filesystem
+    of Docker's volumes (as root: owners and modes restored, as the engine does)."""
+    out = Path(tempfile.mkdtemp(prefix="rp-bench-untar-", dir=archive.parent))
+    try:
+        began = time.perf_counter()
+        subprocess.run(["tar", "-xf", str(archive), "-C", str(out)], check=True)
+        return time.perf_counter() - began
+    finally:
+        shutil.rmtree(out)
+
+
+def _engine(world: World, what: str, argv: list[str]) -> tuple[dict[str, str], float]:
+    """Run the engine (``argv`` after `python -m pytest`) on the world, measured: the
+    fields of its log's last line that has ``what``, and its peak RSS MiB."""
+    ticket = argv[argv.index("--ticket") + 1]
+    measured = [sys.executable, "-c", MEASURED, *argv]
+    done = subprocess.run(measured, cwd=world.deploy.prod, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{done.stdout}{done.stderr}")
+    rss = int(done.stdout.strip().splitlines()[-1].split()[1]) / 1024
+    log = world.deploy.prod / ".asd/workspace/releases" / f"{ticket}.log"
+    events = [eventlog.parse_line(line) for line in log.read_text().splitlines()]
+    return next(e for e in reversed(events) if what in e), rss
+
+
+def _round_trip(mib: int, rounds: int) -> dict[str, float]:
+    """Medians of `rounds` backups and restores of a volume of `mib` MiB each way,
+    taking turns: engine seconds, tar seconds; the engine's peak RSS MiB."""
+    taken: dict[str, list[float]] = {k: [] for k in ("engine", "tar", "synced")}
+    restored: dict[str, list[float]] = {k: [] for k in ("fill", "check", "untar")}
     rss = 0.0
     with World(1, volume=True) as world:
         volume = world.volume_dir(world.services[0])
         _fill(volume, mib)
+        releases = world.deploy.prod / ".asd/workspace/releases"
         for _ in range(rounds):
             ticket = world.merge_next()
-            argv = [sys.executable, "-c", MEASURED, *engine_argv(ticket)[3:], "-k", "prepare"]
-            done = subprocess.run(argv, cwd=world.deploy.prod, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"prepare of {mib} MiB failed:\n{done.stdout}{done.stderr}")
-            rss = max(rss, int(done.stdout.strip().splitlines()[-1].split()[1]) / 1024)
-            log = world.deploy.prod / ".asd/workspace/releases" / f"{ticket}.log"
-            events = [eventlog.parse_line(line) for line in log.read_text().splitlines()]
-            engine.append(next(float(e["backup_seconds"]) for e in events if "backup_seconds" in e))
+            backup, peak = _engine(
+                world, "backup_seconds", [*engine_argv(ticket)[3:], "-k", "prepare"]
+            )
+            rss = max(rss, peak)
+            taken["engine"].append(float(backup["backup_seconds"]))
             plain, fsynced = _tar(volume)
-            tar.append(plain)
-            synced.append(fsynced)
-            # The next round's release must not find this one in progress.
-            (world.deploy.prod / ".asd/workspace/releases" / f"{ticket}.env").unlink()
+            taken["tar"].append(plain)
+            taken["synced"].append(fsynced)
+            revert = [*engine_argv(ticket)[3:], "--skip-git"]
+            revert[revert.index("release")] = "revert"
+            restore, peak = _engine(world, "fill_seconds", revert)
+            rss = max(rss, peak)
+            restored["fill"].append(float(restore["fill_seconds"]))
+            restored["check"].append(float(restore["check_seconds"]))
+            record = world.deploy.prod / ".asd/workspace/backups" / world.services[0].name
+            archive = next((record / backup["stamp"]).glob("*.tar"))
+            restored["untar"].append(_untar(archive))
+            # The next round's release must not find this one's state.
+            (releases / f"{ticket}.env").unlink()
     return {
         "mib": mib,
-        "engine_s": statistics.median(engine),
-        "tar_s": statistics.median(tar),
-        "tar_fsync_s": statistics.median(synced),
+        "engine_s": statistics.median(taken["engine"]),
+        "tar_s": statistics.median(taken["tar"]),
+        "tar_fsync_s": statistics.median(taken["synced"]),
+        "fill_s": statistics.median(restored["fill"]),
+        "check_s": statistics.median(restored["check"]),
+        "untar_s": statistics.median(restored["untar"]),
         "rss_mib": rss,
     }
 
 
 def measure(sizes: tuple[int, ...], rounds: int = 3) -> list[dict[str, float]]:
-    return [_prepare(mib, rounds) for mib in sizes]
+    return [_round_trip(mib, rounds) for mib in sizes]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import re
 import subprocess
@@ -212,7 +213,9 @@ def test_restore_puts_back_volume_and_path_byte_identical(
     removed, volume, path = report.actions
     assert removed.startswith("removed the stopped containers holding its volumes:")
     assert "removed and created again, restored from" in volume
+    assert volume.endswith(compare.BYTE_FOR_BYTE)
     assert "/srv/data: replaced in" in path
+    assert path.endswith(compare.MEMBER_BY_MEMBER)
 
     # What stood there was kept as a backup of its own: restoring it undoes the revert.
     assert report.replaced.directory.parent == record.directory
@@ -292,7 +295,7 @@ def test_restore_recreates_a_volume_no_container_holds(
     report = restore(host, svc, manifest, root, record.stamp, create=False)
     assert report.actions == (
         f"volume blobs ({svc.project}_blobs): removed and created again,"
-        f" restored from {record.entries[0].archive}",
+        f" restored from {record.entries[0].archive}; {compare.BYTE_FOR_BYTE}",
     )
     assert docker_client.volumes.get(f"{svc.project}_blobs").attrs["Labels"] == labels
 
@@ -815,8 +818,63 @@ def test_a_volume_bound_elsewhere_goes_through_the_api_and_comes_back(
     assert members(record, "volume") == {"kept"}
     box.write("/data/bound/kept", b"changed\n")
     compose(svc, manifest, "stop")
-    restore(host, svc, manifest, root, record.stamp)
+    report = restore(host, svc, manifest, root, record.stamp)
     compose(svc, manifest, "start")
+
+    assert report.actions[-1].endswith(compare.MEMBER_BY_MEMBER)
 
     assert box.read("/data/bound/kept") == BINARY
     assert (device / "kept").read_bytes() == BINARY
+
+
+@pytest.mark.docker
+def test_a_restored_volume_that_differs_from_its_backup_fails_the_check_naming_it(
+    up, make_service, docker_client, host, root: Path
+) -> None:
+    """The check archives the volume again: the same bytes pass at once; anything else
+    is compared member by member, and a member that differs is named."""
+    svc = make_service("web", volumes=("web-data",))
+    manifest, web = up(svc)
+    web.write("/data/web-data/kept", BINARY)
+    web.write("/data/web-data/sub/other", b"other\n")
+    record = take(host, manifest, project(svc, manifest), root)
+    compose(svc, manifest, "stop")
+    restore(host, svc, manifest, root, record.stamp)
+    compose(svc, manifest, "start")
+    deployed = Deployed(host, manifest, project(svc, manifest))
+    (entry,) = record.entries
+
+    assert compare.check_restored(deployed, record, entry, None, "undo") == compare.BYTE_FOR_BYTE
+    web.write("/data/web-data/kept", b"changed since\n")
+    with pytest.raises(ReleaseError, match="release-phases-volume/kept differ") as failed:
+        compare.check_restored(deployed, record, entry, None, "kept aside")
+    assert "other" not in str(failed.value)
+    assert failed.value.untouched == "kept aside"
+
+
+@pytest.mark.docker
+def test_a_backup_the_api_archived_is_restored_and_checked_member_by_member(
+    up, make_service, docker_client, host, root: Path, monkeypatch
+) -> None:
+    """A backup of a volume the engine could not read on the host (the API's archive,
+    whose headers GNU tar would write otherwise) is restored into a volume it can
+    read: archived again, it cannot be the same bytes, so its members are compared."""
+    svc = make_service("web", volumes=("web-data",))
+    manifest, web = up(svc)
+    web.write("/data/web-data/kept", BINARY)
+    web.sh("cd /data/web-data && ln -s kept link && mkdir -p d && chown 1234:4321 d")
+    taking = importlib.import_module("release_phases.backup.take")  # the module, not take()
+    with monkeypatch.context() as patched:  # as if the engine could not read it
+        patched.setattr(taking, "readable_directory", lambda *_: None)
+        record = take(host, manifest, project(svc, manifest), root)
+    assert (record.directory / str(record.entries[0].archive)).read_bytes()[257:265] != (
+        compare.GNU_MAGIC
+    )
+    web.write("/data/web-data/kept", b"changed\n")
+    compose(svc, manifest, "stop")
+    report = restore(host, svc, manifest, root, record.stamp)
+    compose(svc, manifest, "start")
+
+    assert report.actions[-1].endswith(compare.MEMBER_BY_MEMBER), report.actions
+    assert web.read("/data/web-data/kept") == BINARY
+    assert web.sh("stat -c %u:%g /data/web-data/d") == b"1234:4321\n"

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from release_phases import state as statefile
+from release_phases.eventlog import parse_line
 from selftests.conftest import RUN_ID
 from selftests.support import engine
 from selftests.support.images import LABEL
@@ -67,7 +68,18 @@ def test_a_completed_release_is_reverted(deploy, released_with_data, docker_clie
     assert (run.state.phase, run.state.phase_status) == ("revert", "done")
     assert "ticket 1234: REVERTED" in run.output and "COMPLETE" not in run.output, run
     # The terminal says the data came back, not only the report.
-    assert re.search(r"^web: volume web-data .*restored from 01-volume", run.output, re.M), run
+    assert re.search(
+        r"^web: volume web-data .*restored from 01-volume\S*; checked: archived again, byte for"
+        " byte the backup$",
+        run.output,
+        re.M,
+    ), run
+    # The restore step's log line says how long each part took.
+    log = (deploy.prod / ".asd/workspace/releases/1234.log").read_text().splitlines()
+    restored = [parse_line(line) for line in log if "step=test_restore" in line]
+    web_step = next(e for e in restored if e.get("service") == "web" and e["event"] == "step")
+    for part in ("set_aside", "fill", "check"):
+        assert re.fullmatch(r"\d+\.\d\d", web_step[f"{part}_seconds"]), web_step
     for svc in services.values():
         running = container(docker_client, svc)
         assert running.status == "running"

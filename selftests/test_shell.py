@@ -180,6 +180,29 @@ def test_a_timeout_with_stdout_to_a_file_kills_the_group_and_keeps_stderr(
     assert out.read_bytes() == b"partial"
 
 
+def test_pipe_hands_stdout_to_the_reader_drains_the_rest_and_keeps_stderr() -> None:
+    # More than a pipe holds; the reader takes only the first bytes, and the command must
+    # still end well (the rest is drained, never a closed pipe).
+    script = (
+        "import sys; sys.stderr.write('archiving\\n'); sys.stderr.flush(); "
+        "sys.stdout.buffer.write(bytes(range(256)) * 8192); sys.stderr.write('done\\n')"
+    )
+    result, head = Runner().pipe([sys.executable, "-c", script], lambda out: out.read(512))
+    assert head == bytes(range(256)) * 2
+    assert result.ok and result.output == "archiving\ndone\n"
+
+
+def test_pipe_kills_the_command_when_the_reader_fails() -> None:
+    def reader(out):
+        out.read(10)
+        raise RuntimeError("the reader gave up")
+
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="gave up"):
+        Runner().pipe(["yes"], reader)  # never ends by itself
+    assert time.monotonic() - start < 5
+
+
 def test_stdin_text_and_stdin_from_a_file_are_exclusive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not both"):
         Runner().run(["cat"], stdin="x", stdin_from=tmp_path / "f")

@@ -270,9 +270,10 @@ class Restore:
         for entry in self._of_kind("volume"):
             with self._failing(entry.label):
                 began = time.monotonic()
-                lines.append(_restore_volume(deployed, record, entry, image))
+                done = _restore_volume(deployed, record, entry, image)
                 filled = time.monotonic()
-                check_restored(deployed, record, entry, None, self.undo, image=image)
+                how = check_restored(deployed, record, entry, None, self.undo, image=image)
+                lines.append(f"{done}; {how}" if how else done)
                 self.seconds["fill"] += filled - began
                 self.seconds["check"] += time.monotonic() - filled
         self._actions += lines
@@ -309,8 +310,9 @@ class Restore:
                 deployed.refuse_mounts(first, entry.target)
         for entry in self._of_kind("path"):
             with self._failing(entry.label):
-                self._actions.append(_restore_path(entry, record, first))
-                check_restored(deployed, record, entry, first, self.undo)
+                done = _restore_path(entry, record, first)
+                how = check_restored(deployed, record, entry, first, self.undo)
+                self._actions.append(f"{done}; {how}" if how else done)
         return RestoreReport(record=record, replaced=self.replaced, actions=tuple(self._actions))
 
     @contextmanager

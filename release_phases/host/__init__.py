@@ -13,10 +13,10 @@ imports the SDK or looks for Compose.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 from release_phases.errors import ReleaseError
 from release_phases.host.compose import (
@@ -31,6 +31,8 @@ from release_phases.host.engine import Engine
 from release_phases.host.git import Git
 from release_phases.host.shell import Argv, CommandFailed, Result, Runner, render
 from release_phases.host.swarm import Swarm
+
+T = TypeVar("T")
 
 #: Seconds a short query of Compose (its version, its config) may take.
 QUERY_TIMEOUT = 60.0
@@ -88,6 +90,10 @@ class Host:
             stdin_from=stdin_from,
             stdout_to=stdout_to,
         )
+
+    def pipe(self, argv: Argv, reader: Callable[[IO[bytes]], T]) -> tuple[Result, T]:
+        """Run ``argv`` with ``reader`` reading its stdout as it comes (see `Runner.pipe`)."""
+        return self.runner.pipe(argv, reader)
 
     def remove_leftover_helpers(self) -> list[str]:
         """Remove the throwaway containers a killed run of this repository left (one

@@ -8,23 +8,29 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import fcntl
 import os
 import select
 import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol, TextIO
+from typing import IO, Protocol, TextIO, TypeVar
 
 from release_phases import masking, progress
 from release_phases.errors import ReleaseError
 
 Argv = Sequence[str]
+T = TypeVar("T")
+#: Bytes of the pipe a command's stdout is read from by `Runner.pipe`: Linux's default
+#: (64 KiB) makes a reader of gigabytes switch with the writer sixteen times a MiB.
+PIPE_SIZE = 1024 * 1024
 
 
 def render(argv: Argv) -> str:
@@ -169,6 +175,51 @@ class Runner:
         if check and not result.ok:
             raise CommandFailed(result)
         return result
+
+    def pipe(self, argv: Argv, reader: Callable[[IO[bytes]], T]) -> tuple[Result, T]:
+        """Run ``argv`` with its stdout handed to ``reader`` as a stream while it is
+        written; what ``reader`` returns, and the result (its output: stderr alone).
+
+        For data too large to hold that this process itself must read (an archive
+        checksummed as tar makes it). Whatever ``reader`` leaves unread is drained, so
+        the command never fails on a closed pipe. No timeout: the command ends when
+        its input does (a directory on this host). If ``reader`` raises, the command's
+        process group is killed.
+        """
+        argv = [str(a) for a in argv]
+        start = time.monotonic()
+        with tempfile.TemporaryFile() as errors:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                # A file, not a pipe: stderr never blocks the command while we read stdout.
+                stderr=errors,
+                start_new_session=True,
+            )
+            self._started(proc)
+            stdout = proc.stdout
+            assert stdout is not None
+            try:
+                with contextlib.suppress(OSError):  # a smaller pipe is only slower
+                    fcntl.fcntl(stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+                value = reader(stdout)
+                while stdout.read(PIPE_SIZE):
+                    pass
+                proc.wait()
+            finally:
+                if proc.returncode is None:  # reader failed, or Ctrl-C
+                    _kill_group(proc)
+                    proc.wait()
+                stdout.close()
+                self._ended(proc)
+            errors.seek(0)
+            output = errors.read().decode(errors="replace")
+        result = Result(
+            argv=argv, returncode=proc.returncode, output=output, duration=time.monotonic() - start
+        )
+        self.history.append(result)
+        return result, value
 
     def say(self, line: str) -> None:
         """One line where streamed output goes, masked: what the next command waits for,

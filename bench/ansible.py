@@ -80,7 +80,7 @@ def release(world: World) -> float:
         "-e",
         json.dumps(extra),
     ]
-    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCALHOST_WARNING": "0"}
+    env = {**world.env(), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCALHOST_WARNING": "0"}
     with plugin_config(world.compose) as plugin_env:
         began = time.perf_counter()
         done = subprocess.run(argv, capture_output=True, text=True, env={**env, **plugin_env})

@@ -78,7 +78,9 @@ def _engine(world: World, what: str, argv: list[str]) -> tuple[dict[str, str], f
     fields of its log's last line that has ``what``, and its peak RSS MiB."""
     ticket = argv[argv.index("--ticket") + 1]
     measured = [sys.executable, "-c", MEASURED, *argv]
-    done = subprocess.run(measured, cwd=world.deploy.prod, capture_output=True, text=True)
+    done = subprocess.run(
+        measured, cwd=world.deploy.prod, capture_output=True, text=True, env=world.env()
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{what} failed:\n{done.stdout}{done.stderr}")
     rss = int(done.stdout.strip().splitlines()[-1].split()[1]) / 1024

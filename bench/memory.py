@@ -23,7 +23,9 @@ def peak_mib(services: int) -> float:
     with World(services, host_network=True) as world:
         ticket = world.merge_next()
         argv = [sys.executable, "-c", MEASURED, *engine_argv(ticket)[3:]]
-        done = subprocess.run(argv, cwd=world.deploy.prod, capture_output=True, text=True)
+        done = subprocess.run(
+            argv, cwd=world.deploy.prod, capture_output=True, text=True, env=world.env()
+        )
         if done.returncode != 0:
             raise RuntimeError(f"the release of {services} failed:\n{done.stdout}{done.stderr}")
         last = done.stdout.strip().splitlines()[-1].split()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench.release import timed_release
+from bench.release import timed_release, warm_up
 from bench.world import World
 
 
@@ -14,6 +14,7 @@ def measure(services: int, width: int, rounds: int) -> dict[str, float]:
     serial: list[float] = []
     side_by_side: list[float] = []
     with World(services) as world:
+        warm_up(world)
         for _ in range(rounds):
             serial.append(timed_release(world, world.merge_next(), "--parallel", "1"))
             side_by_side.append(timed_release(world, world.merge_next(), "--parallel", str(width)))

@@ -8,6 +8,7 @@ compose project names when the world closes. Compose is the one the engine detec
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -77,6 +78,20 @@ class World:
         """The environment naming this world's Compose for a script (`by_hand.sh`): the
         engine's own override variable, a shell-quoted command."""
         return {compose_cli.OVERRIDE_ENV: render(self.compose.prefix)}
+
+    def env(self) -> dict[str, str]:
+        """The environment every contender (engine, script, playbook) runs in.
+
+        This world's Compose is named, as the engine's override variable: the script
+        is told which Compose to run, and so is the engine (on a deploy host with the
+        Compose plugin the engine finds it first; here it would try Debian's Compose v1,
+        a Python program, on every run). Python writes its bytecode, as it does by
+        default on a deploy host: this machine's shells set PYTHONDONTWRITEBYTECODE,
+        which makes every run of the engine compile its modules, and pytest rewrite the
+        asserts of its plugin's, again (about 0.25 s a release).
+        """
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        return {**env, **self.compose_env()}
 
     def volume_dir(self, svc: Service) -> Path:
         """The host directory holding the service's volume (we are root here)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import io
 import json
 import re
 import subprocess
@@ -295,7 +296,8 @@ def test_restore_recreates_a_volume_no_container_holds(
     report = restore(host, svc, manifest, root, record.stamp, create=False)
     assert report.actions == (
         f"volume blobs ({svc.project}_blobs): removed and created again,"
-        f" restored from {record.entries[0].archive}; {compare.BYTE_FOR_BYTE}",
+        f" restored from {record.entries[0].archive} and flushed to disk;"
+        f" {compare.BYTE_FOR_BYTE}",
     )
     assert docker_client.volumes.get(f"{svc.project}_blobs").attrs["Labels"] == labels
 
@@ -878,3 +880,87 @@ def test_a_backup_the_api_archived_is_restored_and_checked_member_by_member(
     assert report.actions[-1].endswith(compare.MEMBER_BY_MEMBER), report.actions
     assert web.read("/data/web-data/kept") == BINARY
     assert web.sh("stat -c %u:%g /data/web-data/d") == b"1234:4321\n"
+
+
+def _volume_members(deployed: Deployed, image: str, volume: str) -> list[compare.Member]:
+    """The volume's members as the Docker API archives it."""
+    with (
+        helper(deployed, image, volume, read_only=True) as mounted,
+        tempfile.TemporaryFile() as spool,
+    ):
+        for chunk in mounted.get_archive(VOLUME_MOUNT)[0]:
+            spool.write(chunk)
+        spool.seek(0)
+        return compare.members(spool)
+
+
+@pytest.mark.docker
+def test_a_volume_filled_on_the_host_is_what_the_api_would_have_restored(
+    up, make_service, docker_client, host, root: Path, monkeypatch
+) -> None:
+    """Hard links, symbolic links (one pointing out of the volume), owners, modes, an
+    empty private directory, the volume's own directory: the restore by tar on the
+    host and the restore through the API give the same members, the backup's."""
+    svc = make_service("web", volumes=("web-data",))
+    manifest, web = up(svc)
+    web.write("/data/web-data/sub/b.bin", BINARY)
+    web.write("/data/web-data/_data", b"named like the mountpoint\n")
+    web.sh(
+        "cd /data/web-data && mkdir -p empty && chmod 0700 empty && ln -s sub/b.bin link"
+        " && ln -s /etc/passwd out && ln sub/b.bin hard && chown 1234:4321 hard"
+        " && chmod 4755 hard && chown 999:998 . && chmod 0750 . && touch -d @1000000000 sub"
+    )
+    record = take(host, manifest, project(svc, manifest), root)
+    (entry,) = record.entries
+    assert entry.archive is not None
+    with (record.directory / entry.archive).open("rb") as fh:
+        backed_up = compare.members(fh)
+    deployed = Deployed(host, manifest, project(svc, manifest))
+    image = str(web.container.attrs["Image"])
+    volume = f"{svc.project}_web-data"
+    restored = {}
+    taking = importlib.import_module("release_phases.backup.restore")
+    for way in ("host", "api"):
+        web.sh("rm -rf /data/web-data/sub /data/web-data/hard && echo new > /data/web-data/x")
+        compose(svc, manifest, "stop")
+        with monkeypatch.context() as patched:
+            if way == "api":  # as for a volume the engine cannot write on the host
+                patched.setattr(taking, "writable_directory", lambda *_: None)
+            report = restore(host, svc, manifest, root, record.stamp)
+        compose(svc, manifest, "start")
+        assert ("flushed to disk" in report.actions[-1]) == (way == "host"), report.actions
+        assert report.actions[-1].endswith(compare.BYTE_FOR_BYTE), report.actions
+        restored[way] = _volume_members(deployed, image, volume)
+    assert sorted(restored["host"]) == sorted(restored["api"]) == sorted(backed_up)
+    assert web.read("/data/web-data/hard") == BINARY
+
+
+def test_extraction_on_the_host_writes_nothing_outside_the_directory(tmp_path: Path) -> None:
+    """An archive made to escape: a member with `..`, an absolute name, and a symbolic
+    link to a directory outside followed by a member through it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "volume" / "_data"
+    target.mkdir(parents=True)
+    top = VOLUME_MOUNT.lstrip("/")
+    built = tmp_path / "evil.tar"
+    with tarfile.open(built, "w") as tar:
+
+        def add(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, link
+            data = b"" if kind != tarfile.REGTYPE else b"escaped\n"
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        add(top, tarfile.DIRTYPE)
+        add(f"{top}/kept")
+        add(f"{top}/../../outside/dotdot")
+        add(f"/{top}/absolute")
+        add(f"{top}/link", tarfile.SYMTYPE, str(outside))
+        add(f"{top}/link/through")
+    result = Runner().run(engine.extract_argv(target), stdin_from=built, timeout=30, check=False)
+
+    assert list(outside.iterdir()) == [], result.output
+    assert (target / "kept").read_bytes() == b"escaped\n"
+    assert not result.ok  # tar says what it refused

@@ -50,8 +50,8 @@ class VolumeConfig:
             labels=attrs.get("Labels") or {},
         )
 
-    def create(self, client: docker.DockerClient, name: str) -> None:
-        client.volumes.create(
+    def create(self, client: docker.DockerClient, name: str) -> Volume:
+        return client.volumes.create(
             name=name,
             driver=self.driver,
             driver_opts=self.options or None,

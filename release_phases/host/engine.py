@@ -260,3 +260,43 @@ def archive_argv(directory: Path, top: str) -> list[str]:
         f"--transform=s,^{directory.name},{top},S",
         directory.name,
     ]
+
+
+def writable_directory(volume: dict[str, Any], docker_host: str | None) -> Path | None:
+    """The host directory of a volume this process can fill as the Docker API would: a
+    `readable_directory` it may write, as root (only root gives files their owners)."""
+    path = readable_directory(volume, docker_host)
+    if path is None or os.geteuid() != 0 or not os.access(path, os.W_OK):
+        return None
+    return path
+
+
+def extract_argv(directory: Path) -> list[str]:
+    """GNU tar reading an archive of `archive_argv`'s form (or the API's) on stdin into
+    ``directory``: the members below the archive's top directory land in it, with their
+    owners by number, modes and extended attributes as archived. The top directory's
+    own member is dropped with its name component; the caller gives ``directory`` its
+    owner, mode and time.
+
+    Run as root on the host, so only on an archive whose checksum was verified, into
+    a volume just created empty. GNU tar refuses members with ``..`` and strips a
+    leading ``/`` by default, and holds back a symbolic link pointing out of the
+    directory until nothing else is left to extract, so no member lands outside it.
+    """
+    return [
+        "tar",
+        "--extract",
+        "--file=-",
+        "--numeric-owner",
+        "--same-owner",
+        "--same-permissions",
+        "--xattrs",
+        "--xattrs-include=*",
+        "--strip-components=1",
+        f"--directory={directory}",
+    ]
+
+
+def sync_argv(directory: Path) -> list[str]:
+    """Flush the filesystem holding ``directory`` to disk (syncfs(2))."""
+    return ["sync", "--file-system", str(directory)]

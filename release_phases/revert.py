@@ -185,7 +185,8 @@ def restore_service(ctx: ReleaseContext, service: str, step: Step) -> None:
     Everything the restore needs is checked while the service still runs. Nothing of
     it runs inside the service's image: a volume goes back by being removed and
     created again (the service's stopped containers are removed first, as Docker
-    keeps a held volume), then filled through the Docker API. The files go back
+    keeps a held volume), then filled (by tar on this host, or through the Docker
+    API; `backup.restore`). The files go back
     before the service starts: the old code never sees the new data, and paths
     restored into a container's own filesystem survive (a recreate after the restore
     would discard them). A dump goes back through the service itself, so only once it

@@ -16,7 +16,9 @@ import posixpath
 import tarfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import docker.errors
@@ -279,14 +281,32 @@ class Restore:
         for entry in self._of_kind("volume"):
             with self._failing(entry.label):
                 began = time.monotonic()
-                done = _restore_volume(deployed, record, entry, image, self.undo)
+                done, written = _restore_volume(deployed, record, entry, image, self.undo)
                 filled = time.monotonic()
-                how = check_restored(deployed, record, entry, None, self.undo, image=image)
+                how = self._check_volume(entry, image, written)
+                if written is not None:
+                    done += " and flushed to disk"
                 lines.append(f"{done}; {how}" if how else done)
                 self.seconds["fill"] += filled - began
                 self.seconds["check"] += time.monotonic() - filled
         self._actions += lines
         return lines
+
+    def _check_volume(self, entry: Entry, image: str, written: Path | None) -> str:
+        """Check a restored volume against the backup; how (`check_restored`).
+
+        A volume tar filled on this host (``written``: its directory) is flushed to
+        disk meanwhile: the check reads it back from the page cache while the kernel
+        writes it out, so the two take about as long as the longer of them.
+        """
+        check = partial(check_restored, self.deployed, self.record, entry, None, self.undo)
+        if written is None:
+            return check(image=image)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            flushed = pool.submit(self.deployed.host.run, sync_argv(written), timeout=None)
+            how = check(image=image)
+            flushed.result()
+        return how
 
     def _stopped_holders(self) -> list[Container]:
         """The service's containers holding a volume to restore, refused unless stopped."""
@@ -422,17 +442,18 @@ def _aside_source(deployed: Deployed, entry: Entry, first: Container | None) -> 
 
 def _restore_volume(
     deployed: Deployed, record: BackupRecord, entry: Entry, image: str, undo: str
-) -> str:
-    """Remove the volume, create it again as it was, and fill it from the archive.
+) -> tuple[str, Path | None]:
+    """Remove the volume, create it again as it was, and fill it from the archive; what
+    was done, and the directory tar filled on this host (None when the API did),
+    which is still to be flushed to disk.
 
     Removing it is the one exact way to empty it that needs no process: nothing
     runs in the service's image. A volume recorded absent is left removed when
     Compose made it (its `up` creates it again, empty); one made by hand (external)
     is created again empty, since Compose would refuse to start without it.
 
-    A plain local volume on this host is filled by GNU tar where its files go, and
-    flushed to disk (`_extract`); any other through the API, into a container that
-    mounts it.
+    A plain local volume on this host is filled by GNU tar where its files go
+    (`_extract`); any other through the API, into a container that mounts it.
     """
     client = deployed.engine.client
     volume = deployed.current_volume(entry)
@@ -442,30 +463,30 @@ def _restore_volume(
         config = VolumeConfig.of(volume)
         volume.remove()
         if entry.absent and PROJECT_LABEL in config.labels:
-            return f"{entry.label}: absent in the backup; removed (compose creates it empty)"
+            return f"{entry.label}: absent in the backup; removed (compose creates it empty)", None
         made = config.create(client, volume.name)
         how = "removed and created again"
     elif entry.absent:
-        return f"{entry.label}: absent in the backup; does not exist"
+        return f"{entry.label}: absent in the backup; does not exist", None
     else:
         assert entry.volume is not None
         made = entry.volume.create(client, entry.target)
         how = "did not exist; created"
     if entry.absent:
-        return f"{entry.label}: absent in the backup; {how}, empty"
+        return f"{entry.label}: absent in the backup; {how}, empty", None
     assert entry.archive is not None
     archive = record.directory / entry.archive
     local = writable_directory(made.attrs, os.environ.get("DOCKER_HOST"))
     top = _top_member(archive) if local is not None else None
     if local is not None and top is not None:
         _extract(deployed, entry, archive, local, top, undo)
-        return f"{entry.label}: {how}, restored from {entry.archive} and flushed to disk"
+        return f"{entry.label}: {how}, restored from {entry.archive}", local
     with (
         helper(deployed, image, entry.target, read_only=False) as mounted,
         archive.open("rb") as fh,
     ):
         mounted.put_archive("/", fh)
-    return f"{entry.label}: {how}, restored from {entry.archive}"
+    return f"{entry.label}: {how}, restored from {entry.archive}", None
 
 
 def _top_member(archive: Path) -> tarfile.TarInfo | None:
@@ -486,7 +507,7 @@ def _extract(
     undo: str,
 ) -> None:
     """Fill the volume's directory, just created empty, with GNU tar on this host; give
-    the directory the archive's owner, mode and time; flush it to disk.
+    the directory the archive's owner, mode and time. The caller flushes it to disk.
 
     The same files as `put_archive` makes (the check after compares them), sooner:
     tar writes where the files go instead of the daemon receiving them over its
@@ -508,7 +529,6 @@ def _extract(
     os.chown(directory, top.uid, top.gid)
     os.chmod(directory, top.mode & 0o7777)
     os.utime(directory, (top.mtime, top.mtime))
-    deployed.host.run(sync_argv(directory), timeout=None)
 
 
 def _restore_path(entry: Entry, record: BackupRecord, first: Container | None) -> str:

@@ -75,9 +75,10 @@ def main() -> None:
             )
         )
         fill_s = max(b["fill_s"], 0.01)
+        whole_s = fill_s + b["check_s"]
         rows.append(
             (
-                f"restore of a {b['mib']:.0f} MiB volume: tar -x / engine (remove, create, fill)",
+                f"restore of a {b['mib']:.0f} MiB volume: rm, tar -x / engine's fill",
                 f"{b['untar_s']:.2f} s / {b['fill_s']:.2f} s",
                 f"{b['untar_s'] / fill_s:.2f}x",
                 ">= 0.9x tar",
@@ -85,10 +86,11 @@ def main() -> None:
         )
         rows.append(
             (
-                f"restore of a {b['mib']:.0f} MiB volume: tar -x / engine with its read-back check",
-                f"{b['untar_s']:.2f} s / {b['fill_s'] + b['check_s']:.2f} s",
-                f"{b['untar_s'] / (fill_s + b['check_s']):.2f}x",
-                "",
+                f"restore of a {b['mib']:.0f} MiB volume: rm, tar -x, sync / engine's fill,"
+                " then its sync beside its read-back check",
+                f"{b['untar_sync_s']:.2f} s / {whole_s:.2f} s",
+                f"{b['untar_sync_s'] / whole_s:.2f}x",
+                ">= 0.9x tar",
             )
         )
     m = memory.measure(many)

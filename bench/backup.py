@@ -9,12 +9,20 @@ archive, which is what the engine does (a backup not yet on disk is not one).
 Restore: the engine then reverts the data alone (`pytest -m revert --skip-git`); its
 figures are the restore step's own as its log records them: `fill_seconds` (the
 volume removed, created again and filled from the backup) and `check_seconds` (the
-volume read back and compared with the backup, which tar does not do). Against
-`tar -x` of the same archive into an empty directory on the same filesystem. The
+volume flushed to disk while it is read back and compared with the backup, which tar
+does not do). Against a restore by hand of a directory on the same filesystem
+holding the same data: `rm -rf` of what stands there and `tar -x` of the same
+archive, without and with a flush of that filesystem (`sync --file-system`): the
+fill against the first, fill and check against the second. The
 revert's set-aside of what stood there is a backup, measured above, and is left out.
 
 Speed: tar's seconds / the engine's seconds (>= 0.9: the engine is at least nine
-tenths as fast as tar). Medians of rounds that take turns. Memory: the engine's peak
+tenths as fast as tar). Medians of rounds that take turns. Before each contender
+runs, everything written so far is flushed (`sync`) and, where this process may
+(root), the page cache is dropped: each starts from the disk, as a volume not read
+for a while is. Without that, on a virtual machine, whichever runs first on memory
+the guest has not touched since it booted pays for it (tar's 1 GiB took 0.5 s or
+2.6 s by that alone); `COLD` says which way the figures were taken. Memory: the engine's peak
 RSS, which should not grow with the volume.
 """
 
@@ -35,6 +43,16 @@ from bench.world import World
 from release_phases import eventlog
 
 CHUNK = 1 << 20
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+#: Whether the page cache was dropped before each contender (`_from_the_disk`).
+COLD = os.access(DROP_CACHES, os.W_OK)
+
+
+def _from_the_disk() -> None:
+    """Flush what was written; drop the page cache when this process may."""
+    os.sync()
+    if COLD:
+        DROP_CACHES.write_text("3\n")
 
 
 def _fill(directory: Path, mib: int) -> None:
@@ -51,6 +69,7 @@ def _tar(source: Path) -> tuple[float, float]:
     engine fsyncs every archive before it counts as a backup)."""
     out = Path(tempfile.mkdtemp(prefix="rp-bench-tar-"))
     try:
+        _from_the_disk()
         began = time.perf_counter()
         subprocess.run(["tar", "-cf", str(out / "v.tar"), "-C", str(source), "."], check=True)
         written = time.perf_counter() - began
@@ -61,14 +80,23 @@ def _tar(source: Path) -> tuple[float, float]:
         shutil.rmtree(out)
 
 
-def _untar(archive: Path) -> float:
-    """Seconds for `tar -x` of the archive into an empty directory on the filesystem
-    of Docker's volumes (as root: owners and modes restored, as the engine does)."""
+def _untar(archive: Path) -> tuple[float, float]:
+    """Seconds for a restore by hand of a directory on the filesystem of Docker's
+    volumes that holds the volume's data: `rm -rf` of what stands there, then `tar -x`
+    of the archive (as root: owners and modes restored, as the engine does); without
+    and with a flush of that filesystem (the engine flushes what it restored)."""
     out = Path(tempfile.mkdtemp(prefix="rp-bench-untar-", dir=archive.parent))
+    untar = ["tar", "-xf", str(archive), "-C", str(out)]
     try:
+        subprocess.run(untar, check=True)  # what stands there, as in the volume
+        standing = [str(p) for p in out.iterdir()]
+        _from_the_disk()
         began = time.perf_counter()
-        subprocess.run(["tar", "-xf", str(archive), "-C", str(out)], check=True)
-        return time.perf_counter() - began
+        subprocess.run(["rm", "-rf", *standing], check=True)
+        subprocess.run(untar, check=True)
+        written = time.perf_counter() - began
+        subprocess.run(["sync", "--file-system", str(out)], check=True)
+        return written, time.perf_counter() - began
     finally:
         shutil.rmtree(out)
 
@@ -78,6 +106,7 @@ def _engine(world: World, what: str, argv: list[str]) -> tuple[dict[str, str], f
     fields of its log's last line that has ``what``, and its peak RSS MiB."""
     ticket = argv[argv.index("--ticket") + 1]
     measured = [sys.executable, "-c", MEASURED, *argv]
+    _from_the_disk()
     done = subprocess.run(
         measured, cwd=world.deploy.prod, capture_output=True, text=True, env=world.env()
     )
@@ -93,7 +122,7 @@ def _round_trip(mib: int, rounds: int) -> dict[str, float]:
     """Medians of `rounds` backups and restores of a volume of `mib` MiB each way,
     taking turns: engine seconds, tar seconds; the engine's peak RSS MiB."""
     taken: dict[str, list[float]] = {k: [] for k in ("engine", "tar", "synced")}
-    restored: dict[str, list[float]] = {k: [] for k in ("fill", "check", "untar")}
+    restored: dict[str, list[float]] = {k: [] for k in ("fill", "check", "untar", "flushed")}
     rss = 0.0
     with World(1, volume=True) as world:
         volume = world.volume_dir(world.services[0])
@@ -117,7 +146,9 @@ def _round_trip(mib: int, rounds: int) -> dict[str, float]:
             restored["check"].append(float(restore["check_seconds"]))
             record = world.deploy.prod / ".asd/workspace/backups" / world.services[0].name
             archive = next((record / backup["stamp"]).glob("*.tar"))
-            restored["untar"].append(_untar(archive))
+            plain, flushed = _untar(archive)
+            restored["untar"].append(plain)
+            restored["flushed"].append(flushed)
             # The next round's release must not find this one's state.
             (releases / f"{ticket}.env").unlink()
     return {
@@ -128,6 +159,7 @@ def _round_trip(mib: int, rounds: int) -> dict[str, float]:
         "fill_s": statistics.median(restored["fill"]),
         "check_s": statistics.median(restored["check"]),
         "untar_s": statistics.median(restored["untar"]),
+        "untar_sync_s": statistics.median(restored["flushed"]),
         "rss_mib": rss,
     }
 

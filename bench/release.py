@@ -2,7 +2,9 @@
 
 Both recreate every service on its new tag with the same stop timeout, wait for 200
 and check the running image; rounds alternate between the two on one world, each
-round releasing a new ticket. Reported: medians, and engine/bash.
+round releasing a new ticket, in the same environment (`World.env`: the same Compose,
+bytecode kept as on a deploy host) after one unmeasured release of the engine (its
+first run compiles). Reported: medians, and engine/bash.
 """
 
 from __future__ import annotations

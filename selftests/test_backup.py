@@ -964,3 +964,21 @@ def test_extraction_on_the_host_writes_nothing_outside_the_directory(tmp_path: P
     assert list(outside.iterdir()) == [], result.output
     assert (target / "kept").read_bytes() == b"escaped\n"
     assert not result.ok  # tar says what it refused
+
+
+@pytest.mark.parametrize(
+    ("stream", "same"),
+    [
+        (BINARY * 3000, True),
+        (BINARY * 2999, False),  # cut short
+        (BINARY * 3000 + b"\0", False),  # one byte more
+        (BINARY * 1500 + b"\1" + BINARY[1:] + BINARY * 1499, False),  # one byte differs
+        (b"", False),
+    ],
+)
+def test_a_stream_equals_a_file_only_byte_for_byte(
+    tmp_path: Path, stream: bytes, same: bool
+) -> None:
+    path = tmp_path / "archive.tar"
+    path.write_bytes(BINARY * 3000)  # 3 MB: more than one chunk compared at a time
+    assert compare._equals_file(path, io.BytesIO(stream)) is same

@@ -69,8 +69,8 @@ def test_a_completed_release_is_reverted(deploy, released_with_data, docker_clie
     assert "ticket 1234: REVERTED" in run.output and "COMPLETE" not in run.output, run
     # The terminal says the data came back, not only the report.
     assert re.search(
-        r"^web: volume web-data .*restored from 01-volume\S* and flushed to disk; checked: archived again, byte for"
-        " byte the backup$",
+        r"^web: volume web-data .*restored from 01-volume\S* and flushed to disk;"
+        " checked: archived again, byte for byte the backup$",
         run.output,
         re.M,
     ), run

@@ -17,6 +17,7 @@ from release_phases.errors import ReleaseError
 from release_phases.host import ComposeProject, Host
 from release_phases.host.compose import project_of
 from release_phases.host.git import Git
+from release_phases.host.shell import render
 from release_phases.host.swarm import SwarmStack
 from release_phases.journal import Journal, Paths
 from release_phases.manifest import Manifest
@@ -158,6 +159,10 @@ class ReleaseContext:
     def script_env(self, service: str | None = None) -> dict[str, str]:
         """The environment of a hook (with its SERVICE) or a ticket script."""
         st = self.state
+        try:
+            compose = render(self.host.compose.prefix)
+        except ReleaseError:
+            compose = None  # no Compose here: a script that needs none still runs
         return scripts.script_env(
             ticket=self.ticket,
             base_sha=st.base_sha,
@@ -166,4 +171,5 @@ class ReleaseContext:
             container_prefix=self.options.container_prefix,
             repo_root=self.repo,
             service=service,
+            compose=compose,
         )

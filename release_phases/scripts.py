@@ -22,6 +22,7 @@ from pathlib import Path
 
 from release_phases.errors import ConfigError, ReleaseError
 from release_phases.host import Host
+from release_phases.host.compose import OVERRIDE_ENV
 from release_phases.host.shell import Result, render
 
 HOOKS = ("pre_start_init", "post_start_init", "ensure-config")
@@ -199,14 +200,18 @@ def script_env(
     container_prefix: str,
     repo_root: Path,
     service: str | None = None,
+    compose: str | None = None,
 ) -> dict[str, str]:
     """The release as a script sees it.
 
     SERVICES is space-separated (`for s in $SERVICES`). SERVICE names the hook's
     service and is empty for ticket scripts, so a value exported in the operator's
-    shell never leaks in.
+    shell never leaks in. ``compose``, the Compose the engine drives (shell-quoted),
+    is given as RELEASE_PHASES_COMPOSE: a script that runs
+    ``${RELEASE_PHASES_COMPOSE:-docker compose}`` drives the same one, also on a
+    host where the engine found it elsewhere than `docker compose`.
     """
-    return {
+    env = {
         "TICKET": ticket,
         "BASE_SHA": base_sha,
         "MERGE_SHA": merge_sha,
@@ -215,6 +220,9 @@ def script_env(
         "CONTAINER_PREFIX": container_prefix,
         "REPO_ROOT": str(repo_root),
     }
+    if compose:
+        env[OVERRIDE_ENV] = compose
+    return env
 
 
 class ScriptFailed(ReleaseError):

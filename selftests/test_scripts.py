@@ -125,6 +125,21 @@ def run(script: Script, repo: Path, *, service: str | None = None, timeout: floa
 # -- running, for real ------------------------------------------------------------------
 
 
+def test_scripts_are_told_the_compose_the_engine_drives(repo: Path) -> None:
+    env = script_env(
+        ticket="12",
+        base_sha="a" * 40,
+        merge_sha="b" * 40,
+        services=["api"],
+        container_prefix="",
+        repo_root=repo,
+        compose="/opt/compose/docker-compose",
+    )
+    assert env["RELEASE_PHASES_COMPOSE"] == "/opt/compose/docker-compose"
+    # None found: the variable is not set, so the operator's own (if any) stands.
+    assert "RELEASE_PHASES_COMPOSE" not in env_for(repo, service=None)
+
+
 def test_sh_hook_runs_with_bash_in_the_repo_with_the_documented_environment(repo: Path) -> None:
     out = repo.parent / "sh.env"
     body = SH_DUMP.format(names=" ".join(DOCUMENTED)).replace('"$1"', f'"{out}"')

@@ -982,3 +982,46 @@ def test_a_stream_equals_a_file_only_byte_for_byte(
     path = tmp_path / "archive.tar"
     path.write_bytes(BINARY * 3000)  # 3 MB: more than one chunk compared at a time
     assert compare._equals_file(path, io.BytesIO(stream)) is same
+
+
+@pytest.mark.docker
+def test_a_failed_extraction_or_flush_names_the_command_and_where_what_stood_is_kept(
+    up, make_service, docker_client, host, root: Path, tmp_path: Path
+) -> None:
+    """tar on the host fails (the archive was cut short after it was verified): the
+    error names the command and the set-aside; once the archive is whole again, the
+    restore run again puts the data back. A flush that fails is worded the same way."""
+    svc = make_service("web", volumes=("web-data",))
+    manifest, web = up(svc)
+    web.write("/data/web-data/kept", BINARY)
+    # Large enough that half the archive ends inside this file's content.
+    web.sh("yes abcdefgh | head -c 1048576 > /data/web-data/big")
+    big = web.sh("md5sum /data/web-data/big")
+    record = take(host, manifest, project(svc, manifest), root)
+    web.write("/data/web-data/kept", b"changed\n")
+    (entry,) = record.entries
+    archive = record.directory / str(entry.archive)
+    whole = archive.read_bytes()
+    restoring = Restore(host, manifest, project(svc, manifest), root, record.stamp)
+    restoring.preflight()
+    archive.write_bytes(whole[: len(whole) // 2])  # after verify: as a failing disk would
+    compose(svc, manifest, "stop")
+
+    with pytest.raises(ReleaseError, match=r"`tar --extract .* exited 2: .*") as failed:
+        restoring.volumes()
+    assert failed.value.untouched == restoring.undo
+    assert "replaced-" in failed.value.untouched
+    assert failed.value.next_command.startswith("fix the cause (see ")
+
+    archive.write_bytes(whole)
+    report = restore(host, svc, manifest, root, record.stamp)
+    compose(svc, manifest, "start")
+    assert web.read("/data/web-data/kept") == BINARY
+    assert web.sh("md5sum /data/web-data/big") == big
+    assert report.actions[-1].endswith(compare.BYTE_FOR_BYTE)
+
+    again = Restore(host, manifest, project(svc, manifest), root, record.stamp)
+    image = str(web.container.attrs["Image"])
+    with pytest.raises(ReleaseError, match=r"`sync --file-system \S*gone` exited 1") as flush:
+        again._check_volume(entry, image, tmp_path / "gone")
+    assert flush.value.untouched == again.undo

@@ -48,7 +48,7 @@ from release_phases.host.engine import (
     sync_argv,
     writable_directory,
 )
-from release_phases.host.shell import render
+from release_phases.host.shell import Result, render
 from release_phases.manifest import Dump, Manifest
 
 STOPPED_STATES = frozenset({"created", "exited", "dead"})
@@ -302,10 +302,13 @@ class Restore:
         check = partial(check_restored, self.deployed, self.record, entry, None, self.undo)
         if written is None:
             return check(image=image)
+        argv = sync_argv(written)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            flushed = pool.submit(self.deployed.host.run, sync_argv(written), timeout=None)
+            flushing = pool.submit(self.deployed.host.run, argv, timeout=None, check=False)
             how = check(image=image)
-            flushed.result()
+            flushed = flushing.result()
+        if not flushed.ok:
+            raise _host_failed(self.deployed, entry, render(argv), flushed, self.undo)
         return how
 
     def _stopped_holders(self) -> list[Container]:
@@ -518,17 +521,24 @@ def _extract(
     argv = extract_argv(directory)
     result = deployed.host.run(argv, timeout=None, check=False, stdin_from=archive)
     if not result.ok:
-        raise ReleaseError(
-            f"restore of {deployed.service} {entry.label}: `{render(argv)} < {archive}`"
-            f" exited {result.returncode}: {result.tail(20).strip() or '(no message)'}",
-            untouched=undo,
-            next_command=f"fix the cause, then run the same command again (it restores"
-            f" {entry.label} afresh from {archive.parent})",
-        )
+        raise _host_failed(deployed, entry, f"{render(argv)} < {archive}", result, undo)
     # Owner first: changing it clears the set-user-ID and set-group-ID bits.
     os.chown(directory, top.uid, top.gid)
     os.chmod(directory, top.mode & 0o7777)
     os.utime(directory, (top.mtime, top.mtime))
+
+
+def _host_failed(
+    deployed: Deployed, entry: Entry, shown: str, result: Result, undo: str
+) -> ReleaseError:
+    """A command that restores a volume on this host (tar, the flush) failed."""
+    return ReleaseError(
+        f"restore of {deployed.service} {entry.label}: `{shown}` exited"
+        f" {result.returncode}: {result.tail(20).strip() or '(no message)'}",
+        untouched=undo,
+        # The revert adds its own command: run again, it restores the volume afresh.
+        next_command=f"fix the cause (see {deployed.compose('ps', '-a')})",
+    )
 
 
 def _restore_path(entry: Entry, record: BackupRecord, first: Container | None) -> str:

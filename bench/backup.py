@@ -32,12 +32,11 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.memory import MEASURED
+from bench.memory import measured
 from bench.release import engine_argv
 from bench.world import World
 from release_phases import eventlog
@@ -105,14 +104,8 @@ def _engine(world: World, what: str, argv: list[str]) -> tuple[dict[str, str], f
     """Run the engine (``argv`` after `python -m pytest`) on the world, measured: the
     fields of its log's last line that has ``what``, and its peak RSS MiB."""
     ticket = argv[argv.index("--ticket") + 1]
-    measured = [sys.executable, "-c", MEASURED, *argv]
     _from_the_disk()
-    done = subprocess.run(
-        measured, cwd=world.deploy.prod, capture_output=True, text=True, env=world.env()
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{what} failed:\n{done.stdout}{done.stderr}")
-    rss = int(done.stdout.strip().splitlines()[-1].split()[1]) / 1024
+    rss = measured(world, argv, f"the run logging {what}")
     log = world.deploy.prod / ".asd/workspace/releases" / f"{ticket}.log"
     events = [eventlog.parse_line(line) for line in log.read_text().splitlines()]
     return next(e for e in reversed(events) if what in e), rss

@@ -19,17 +19,23 @@ MEASURED = (
 )
 
 
+def measured(world: World, argv: list[str], what: str) -> float:
+    """Run the engine (``argv``: pytest's arguments) in the world's prod checkout, in
+    this process's pytest (`MEASURED`); its peak RSS in MiB. ``what`` names the run in
+    the error should it fail."""
+    run = [sys.executable, "-c", MEASURED, *argv]
+    done = subprocess.run(
+        run, cwd=world.deploy.prod, capture_output=True, text=True, env=world.env()
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{done.stdout}{done.stderr}")
+    return int(done.stdout.strip().splitlines()[-1].split()[1]) / 1024
+
+
 def peak_mib(services: int) -> float:
     with World(services, host_network=True) as world:
         ticket = world.merge_next()
-        argv = [sys.executable, "-c", MEASURED, *engine_argv(ticket)[3:]]
-        done = subprocess.run(
-            argv, cwd=world.deploy.prod, capture_output=True, text=True, env=world.env()
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"the release of {services} failed:\n{done.stdout}{done.stderr}")
-        last = done.stdout.strip().splitlines()[-1].split()
-        return int(last[1]) / 1024
+        return measured(world, engine_argv(ticket)[3:], f"the release of {services}")
 
 
 def measure(services: int) -> dict[str, float]:

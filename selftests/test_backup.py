@@ -15,7 +15,6 @@ import json
 import re
 import subprocess
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -780,14 +779,7 @@ def test_a_volume_archived_on_the_host_equals_the_docker_apis_archive(
     assert verify(root, "web", record.stamp) is not None
     image = str(web.container.attrs["Image"])
     deployed = Deployed(host, manifest, project(svc, manifest))
-    with (
-        helper(deployed, image, volume.name, read_only=True) as mounted,
-        tempfile.TemporaryFile() as spool,
-    ):
-        for chunk in mounted.get_archive(VOLUME_MOUNT)[0]:
-            spool.write(chunk)
-        spool.seek(0)
-        theirs = compare.members(spool)
+    theirs = _volume_members(deployed, image, volume.name)
     assert sorted(ours) == sorted(theirs)
     names = {m[0] for m in ours}
     assert {"release-phases-volume/hard", "release-phases-volume/_data"} <= names
@@ -884,14 +876,8 @@ def test_a_backup_the_api_archived_is_restored_and_checked_member_by_member(
 
 def _volume_members(deployed: Deployed, image: str, volume: str) -> list[compare.Member]:
     """The volume's members as the Docker API archives it."""
-    with (
-        helper(deployed, image, volume, read_only=True) as mounted,
-        tempfile.TemporaryFile() as spool,
-    ):
-        for chunk in mounted.get_archive(VOLUME_MOUNT)[0]:
-            spool.write(chunk)
-        spool.seek(0)
-        return compare.members(spool)
+    with helper(deployed, image, volume, read_only=True) as mounted:
+        return compare._spooled_members(mounted.get_archive(VOLUME_MOUNT)[0])
 
 
 @pytest.mark.docker
